@@ -1,0 +1,680 @@
+//! Node configuration: one documented struct, layered and validated once at start-up.
+//!
+//! Every option can come from four places; a later layer overrides an earlier one:
+//! 1. built-in defaults ([`Config::default`]),
+//! 2. a TOML file given by `--config FILE` (keys are the option names with `_`),
+//! 3. environment variables `ROOMCAST_<OPTION>` (upper case, `_`),
+//! 4. command-line flags `--<option>` (with `-`).
+//!
+//! Layering is done by `figment`; flags are parsed by `clap` into [`ServeArgs`], whose unset
+//! fields are skipped so they do not override lower layers. Any bad value — unknown key,
+//! ill-typed value, out-of-range limit — becomes a [`ConfigError`] that names the option and
+//! where the value came from; `main` prints it and exits with status 2.
+//! `cluster-config/node.example.toml` documents every key and must be kept in step with this file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::NodeId;
+
+/// Output format of the logs (stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The complete, validated configuration of one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's id, unique in the cluster. Default: `HOSTNAME-PID`.
+    #[serde(deserialize_with = "string_like")]
+    pub node_id: String,
+    /// HTTP and WebSocket listen address.
+    pub listen: SocketAddr,
+    /// Cluster listen address: gossip over UDP and the internode protocol over TCP, same port.
+    pub cluster_listen: SocketAddr,
+    /// Host (IP or DNS name) peers and clients should use to reach this node when it differs
+    /// from the listen address (containers, NAT). The listen ports are kept.
+    #[serde(deserialize_with = "opt_string_like")]
+    pub advertise: Option<String>,
+    /// Seed addresses (`host:port` of other nodes' cluster ports). Repeatable; in env and TOML
+    /// a comma-separated string or a list.
+    #[serde(deserialize_with = "string_or_list")]
+    pub seed: Vec<String>,
+    /// Nodes with another cluster id never mix with this one.
+    #[serde(deserialize_with = "string_like")]
+    pub cluster_id: String,
+    /// File holding the shared cluster secret (authenticates gossip and internode traffic).
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Allow a non-loopback cluster address without a secret.
+    pub insecure: bool,
+    /// Gossip interval of the membership protocol.
+    #[serde(with = "humantime_serde")]
+    pub gossip_interval: Duration,
+    /// Time after which a silent node is reported not live (the failure detector is tuned to it).
+    #[serde(with = "humantime_serde")]
+    pub failure_timeout: Duration,
+
+    /// Hard limit on one incoming WebSocket message; larger closes the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// Limit on a publish's `data`, serialised; larger gets `too_large`.
+    pub max_data_bytes: usize,
+    /// Rooms one connection may have joined at once.
+    pub max_rooms_per_conn: usize,
+    /// Connections this node accepts at once; more get HTTP 503.
+    pub max_connections: usize,
+    /// Sustained publishes per second per connection (token bucket refill); 0 = unlimited.
+    pub publish_rate: u32,
+    /// Publishes a connection may burst above the rate (token bucket size).
+    pub publish_burst: u32,
+    /// Outbound queue limit per connection, in messages; past it the client is closed with 1013.
+    pub outbound_max_messages: usize,
+    /// Outbound queue limit per connection, in bytes; past it the client is closed with 1013.
+    pub outbound_max_bytes: usize,
+    /// History kept per room, in messages.
+    pub history_max_messages: usize,
+    /// History kept per room, by age.
+    #[serde(with = "humantime_serde")]
+    pub history_max_age: Duration,
+    /// History kept per room, in bytes of encoded events.
+    pub history_max_bytes: usize,
+    /// WebSocket ping interval (also announced to clients as `heartbeat_ms`).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Heartbeat intervals without any frame from the client before it is closed.
+    pub heartbeat_max_missed: u32,
+    /// How long a request waits for the room's owner node before `unavailable`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Bound on the whole shutdown: clients are closed with 1001 and the process exits by then.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// HTTP worker threads (each runs its connections' actors). 0 = number of CPUs.
+    pub workers: usize,
+    /// Room shards (each owns the routing state of its rooms). 0 = number of CPUs.
+    pub shards: usize,
+
+    /// Log filter: a level (`info`) or tracing directives (`info,roomcast=debug`).
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: default_node_id(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cluster_listen: SocketAddr::from(([127, 0, 0, 1], 7946)),
+            advertise: None,
+            seed: Vec::new(),
+            cluster_id: "roomcast".to_string(),
+            cluster_secret_file: None,
+            insecure: false,
+            gossip_interval: Duration::from_millis(300),
+            failure_timeout: Duration::from_secs(5),
+            max_frame_bytes: 1024 * 1024,
+            max_data_bytes: 64 * 1024,
+            max_rooms_per_conn: 100,
+            max_connections: 100_000,
+            publish_rate: 1_000,
+            publish_burst: 2_000,
+            outbound_max_messages: 10_000,
+            outbound_max_bytes: 8 * 1024 * 1024,
+            history_max_messages: 1_000,
+            history_max_age: Duration::from_secs(600),
+            history_max_bytes: 8 * 1024 * 1024,
+            heartbeat_interval: Duration::from_secs(15),
+            heartbeat_max_missed: 2,
+            request_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            workers: 0,
+            shards: 0,
+            log_level: "info".to_string(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "node".to_string());
+    // Keep only id characters so a hostname with odd characters still gives a valid id.
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+        .take(40)
+        .collect();
+    let host = if host.is_empty() {
+        "node".to_string()
+    } else {
+        host
+    };
+    format!("{}-{}", host, std::process::id())
+}
+
+/// Env values that look like numbers or booleans arrive typed; string options take them as text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringLike {
+    S(String),
+    U(u64),
+    I(i64),
+    F(f64),
+    B(bool),
+}
+
+impl StringLike {
+    fn into_string(self) -> String {
+        match self {
+            StringLike::S(s) => s,
+            StringLike::U(v) => v.to_string(),
+            StringLike::I(v) => v.to_string(),
+            StringLike::F(v) => v.to_string(),
+            StringLike::B(v) => v.to_string(),
+        }
+    }
+}
+
+fn string_like<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    StringLike::deserialize(d).map(StringLike::into_string)
+}
+
+fn opt_string_like<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<StringLike>::deserialize(d).map(|o| o.map(StringLike::into_string))
+}
+
+/// Accepts `"a:1,b:2"` or `["a:1", "b:2"]` (env vars can only carry the first form).
+fn string_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        Either::Many(v) => v,
+    })
+}
+
+/// Command-line flags of `roomcast serve`. Every field is optional so that an absent flag leaves
+/// the lower layers (env, file, defaults) in force.
+#[derive(Debug, Default, Clone, Serialize, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file (see cluster-config/node.example.toml).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id, unique in the cluster [default: HOSTNAME-PID].
+    #[arg(long, value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// HTTP/WebSocket listen address [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Cluster listen address, UDP gossip and TCP internode [default: 127.0.0.1:7946].
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Host peers and clients should use to reach this node, if not the listen address.
+    #[arg(long, value_name = "HOST")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Seed node cluster address host:port (repeatable; a DNS name may list many nodes).
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seed: Vec<String>,
+    /// Cluster id; nodes of another cluster id never mix [default: roomcast].
+    #[arg(long, value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// File holding the shared cluster secret.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Allow a non-loopback cluster address without a secret.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+    /// Gossip interval, e.g. 300ms [default: 300ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub gossip_interval: Option<Duration>,
+    /// A silent node is reported not live after about this long [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub failure_timeout: Option<Duration>,
+    /// Hard limit on one incoming WebSocket message in bytes; over it closes with 1009 [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frame_bytes: Option<usize>,
+    /// Limit on a publish's serialised data in bytes; over it gets too_large [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_data_bytes: Option<usize>,
+    /// Rooms one connection may join at once [default: 100].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rooms_per_conn: Option<usize>,
+    /// Connections accepted at once; more get HTTP 503 [default: 100000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Publishes per second per connection, 0 = unlimited [default: 1000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_rate: Option<u32>,
+    /// Publish burst per connection [default: 2000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_burst: Option<u32>,
+    /// Outbound queue limit per connection in messages [default: 10000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_max_messages: Option<usize>,
+    /// Outbound queue limit per connection in bytes [default: 8388608].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_max_bytes: Option<usize>,
+    /// History kept per room in messages [default: 1000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_max_messages: Option<usize>,
+    /// History kept per room by age, e.g. 10m [default: 10m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub history_max_age: Option<Duration>,
+    /// History kept per room in bytes [default: 8388608].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_max_bytes: Option<usize>,
+    /// WebSocket ping interval [default: 15s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub heartbeat_interval: Option<Duration>,
+    /// Silent heartbeat intervals before a client is closed [default: 2].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_max_missed: Option<u32>,
+    /// How long a request waits for the room's owner node [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub request_timeout: Option<Duration>,
+    /// Bound on the whole shutdown [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub shutdown_timeout: Option<Duration>,
+    /// HTTP worker threads, 0 = CPUs [default: 0].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// Room shards, 0 = CPUs [default: 0].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<usize>,
+    /// Log level or tracing directives [default: info].
+    #[arg(long, value_name = "FILTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 15s, 10m)"))
+}
+
+/// A configuration problem. Its message names the option and, where known, the layer the bad
+/// value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid value for option `{option}`{origin}: {message}")]
+    Invalid {
+        option: String,
+        origin: String,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Other(String),
+}
+
+fn invalid(option: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        option: option.to_string(),
+        origin: String::new(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Builds the configuration from defaults, the file named by `--config`, the environment
+    /// (`ROOMCAST_*`) and the flags, then validates it.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        Self::load_from(args, Env::prefixed("ROOMCAST_"))
+    }
+
+    fn load_from(args: &ServeArgs, env: Env) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &args.config {
+            // Check it ourselves so a missing file is an error (figment would skip it).
+            std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+                path: path.clone(),
+                source,
+            })?;
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        let fig = fig.merge(env).merge(Serialized::defaults(args));
+        let config: Config = fig.extract().map_err(|e| figment_error(&fig, e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and relations between options. Called once by [`Config::load`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        NodeId::new(&self.node_id).map_err(|e| invalid("node_id", e.to_string()))?;
+        if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
+            return Err(invalid("cluster_id", "must be 1-64 characters"));
+        }
+        let positive: [(&str, usize); 9] = [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_data_bytes", self.max_data_bytes),
+            ("max_rooms_per_conn", self.max_rooms_per_conn),
+            ("max_connections", self.max_connections),
+            ("outbound_max_messages", self.outbound_max_messages),
+            ("outbound_max_bytes", self.outbound_max_bytes),
+            ("history_max_messages", self.history_max_messages),
+            ("history_max_bytes", self.history_max_bytes),
+            ("heartbeat_max_missed", self.heartbeat_max_missed as usize),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(invalid(name, "must be greater than 0"));
+            }
+        }
+        if self.max_data_bytes >= self.max_frame_bytes {
+            return Err(invalid(
+                "max_data_bytes",
+                format!(
+                    "must be smaller than max_frame_bytes ({})",
+                    self.max_frame_bytes
+                ),
+            ));
+        }
+        if self.max_frame_bytes > 64 * 1024 * 1024 {
+            return Err(invalid("max_frame_bytes", "must be at most 64 MiB"));
+        }
+        if self.publish_rate > 0 && self.publish_burst == 0 {
+            return Err(invalid(
+                "publish_burst",
+                "must be greater than 0 when publish_rate is set",
+            ));
+        }
+        let durations = [
+            ("history_max_age", self.history_max_age),
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("request_timeout", self.request_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("gossip_interval", self.gossip_interval),
+            ("failure_timeout", self.failure_timeout),
+        ];
+        for (name, d) in durations {
+            if d.is_zero() {
+                return Err(invalid(name, "must be longer than 0"));
+            }
+        }
+        if self.failure_timeout < self.gossip_interval * 2 {
+            return Err(invalid(
+                "failure_timeout",
+                "must be at least twice gossip_interval",
+            ));
+        }
+        if self.workers > 1024 {
+            return Err(invalid("workers", "must be at most 1024"));
+        }
+        if self.shards > 1024 {
+            return Err(invalid("shards", "must be at most 1024"));
+        }
+        for s in &self.seed {
+            if !s.contains(':') {
+                return Err(invalid("seed", format!("{s:?} is not host:port")));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| invalid("log_level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The validated node id.
+    pub fn node_id(&self) -> NodeId {
+        // validate() checked it; Config is only handed out after validation.
+        NodeId::new(&self.node_id).unwrap_or_else(|_| unreachable!("node_id validated at load"))
+    }
+
+    /// HTTP worker threads to start.
+    pub fn worker_threads(&self) -> usize {
+        if self.workers == 0 {
+            cpus()
+        } else {
+            self.workers
+        }
+    }
+
+    /// Room shards to start.
+    pub fn shard_count(&self) -> usize {
+        if self.shards == 0 {
+            cpus()
+        } else {
+            self.shards
+        }
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// Turns figment's error into one that names the option and the layer it came from.
+fn figment_error(fig: &Figment, e: figment::Error) -> ConfigError {
+    let option = e.path.join(".");
+    let origin = match e.metadata.as_ref() {
+        Some(m) if m.name.contains("environment") => {
+            if option.is_empty() {
+                " (from the environment)".to_string()
+            } else {
+                format!(" (from env ROOMCAST_{})", option.to_uppercase())
+            }
+        }
+        Some(m) if m.name.contains("ServeArgs") => " (from the command line)".to_string(),
+        Some(m) => match &m.source {
+            Some(figment::Source::File(p)) => format!(" (from {})", p.display()),
+            _ => String::new(),
+        },
+        None => String::new(),
+    };
+    let _ = fig;
+    let message = match &e.kind {
+        figment::error::Kind::UnknownField(field, _) => {
+            return ConfigError::Invalid {
+                option: field.clone(),
+                origin,
+                message: "unknown option".to_string(),
+            };
+        }
+        kind => kind.to_string(),
+    };
+    if option.is_empty() {
+        return ConfigError::Other(format!("{message}{origin}"));
+    }
+    ConfigError::Invalid {
+        option,
+        origin,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: ServeArgs, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        // A private env namespace per test so tests can run in parallel.
+        let prefix = format!("RCTEST{}_", std::process::id() ^ rand_suffix());
+        for (k, v) in env {
+            // SAFETY-free: set_var is unsafe in edition 2024 because of concurrent getenv in
+            // other threads; our keys are unique to this test, and figment reads them below.
+            unsafe { std::env::set_var(format!("{prefix}{k}"), v) };
+        }
+        let r = Config::load_from(&args, Env::prefixed(&prefix));
+        for (k, _) in env {
+            unsafe { std::env::remove_var(format!("{prefix}{k}")) };
+        }
+        r
+    }
+
+    fn rand_suffix() -> u32 {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(1);
+        N.fetch_add(1, Ordering::Relaxed) << 16
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.cluster_listen.to_string(), "127.0.0.1:7946");
+        assert_eq!(c.history_max_messages, 1000);
+        assert_eq!(c.history_max_age, Duration::from_secs(600));
+        assert_eq!(c.max_data_bytes, 65536);
+        assert_eq!(c.max_frame_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn precedence_flags_over_env_over_file() {
+        let dir = std::env::temp_dir().join(format!("roomcast-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("a.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1000\"\nmax_rooms_per_conn = 7\nhistory_max_age = \"1m\"\nseed = [\"a:1\", \"b:2\"]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            listen: Some("127.0.0.1:3000".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = load(
+            args,
+            &[
+                ("LISTEN", "127.0.0.1:2000"),
+                ("MAX_ROOMS_PER_CONN", "8"),
+                ("SEED", "c:3,d:4"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:3000"); // flag wins
+        assert_eq!(c.max_rooms_per_conn, 8); // env over file
+        assert_eq!(c.history_max_age, Duration::from_secs(60)); // file over default
+        assert_eq!(c.seed, vec!["c:3", "d:4"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let e = load(ServeArgs::default(), &[("LISTEN", "nonsense")]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("`listen`"), "{msg}");
+        assert!(msg.contains("ROOMCAST_LISTEN"), "{msg}");
+
+        let e = load(ServeArgs::default(), &[("MAX_ROOMS_PER_CONN", "0")]).unwrap_err();
+        assert!(e.to_string().contains("max_rooms_per_conn"), "{e}");
+
+        let e = load(ServeArgs::default(), &[("HEARTBEAT_INTERVAL", "soon")]).unwrap_err();
+        assert!(e.to_string().contains("heartbeat_interval"), "{e}");
+
+        let e = load(ServeArgs::default(), &[("NODE_ID", "a b")]).unwrap_err();
+        assert!(e.to_string().contains("node_id"), "{e}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("roomcast-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("b.toml");
+        std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let e = load(
+            ServeArgs {
+                config: Some(file),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`lisen`"), "{e}");
+        assert!(e.to_string().contains("unknown option"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let e = load(
+            ServeArgs {
+                config: Some("/nonexistent/roomcast.toml".into()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::File { .. }));
+    }
+
+    #[test]
+    fn numeric_node_id_from_env_is_a_string() {
+        let c = load(ServeArgs::default(), &[("NODE_ID", "12")]).unwrap();
+        assert_eq!(c.node_id, "12");
+    }
+}

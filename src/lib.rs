@@ -1,0 +1,34 @@
+//! roomcast: a horizontally scalable real-time WebSocket server with rooms and no broker.
+//!
+//! Map of the crate (one module per concept; docs/ARCHITECTURE.md tells the whole story):
+//!
+//! * [`cli`] — the command line (`roomcast serve`, the default).
+//! * [`config`] — the node's options: defaults → TOML file → `ROOMCAST_*` env → flags.
+//! * [`ids`] — newtypes for rooms, nodes, connections and epochs.
+//! * [`protocol`] — the client protocol's wire types, validation and encoders (no I/O).
+//! * [`routing`] — the pure routing state machine: room ownership by rendezvous hashing,
+//!   interests, sequencing, history, resync. No sockets, no clocks.
+//! * [`rooms`] — room shards: tasks that each own a `Router` and carry out its actions.
+//! * [`session`] — the WebSocket connection actor, its bounded outbound queue and writer.
+//! * [`http`] — routes only: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/cluster`.
+//! * [`metrics`] — every metric name and help text, and the Prometheus recorder.
+//! * [`server`] — wiring: runtimes, shards, HTTP server, signals and shutdown.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod metrics;
+pub mod protocol;
+pub mod rooms;
+pub mod routing;
+pub mod server;
+pub mod session;
+
+/// Wall-clock time in unix microseconds (event timestamps, history age, latency).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,239 @@
+//! Room shards: the tasks that drive the routing state machine and do its I/O.
+//!
+//! Rooms are spread over N shards by a hash of the room name; each shard is one task on the
+//! node's core runtime that owns a [`Router`] for its rooms, so room work runs in parallel
+//! without locks and a room's events are handled in one order. A shard takes [`Input`]s from a
+//! bounded queue (connection actors `try_send` and turn a full queue into `unavailable`; the
+//! internode reader awaits, which pushes back on the peer), steps the router, and carries out
+//! the actions at once: replies and events go straight into the connections' outboxes (an event
+//! frame is encoded once by the owner and shared by every subscriber), messages for other nodes
+//! go to the [`PeerSink`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::ids::{NodeId, RoomId};
+use crate::metrics as m;
+use crate::protocol::encode::Reply;
+use crate::routing::hash::shard_of;
+use crate::routing::{Action, Input, PeerMsg, Router, RouterConfig, RouterStats};
+use crate::session::{CloseReason, ConnHandle, JoinFailed, send_reply};
+
+/// Where a shard sends messages for other nodes (the internode layer; nothing on one node).
+pub trait PeerSink: Send + Sync + 'static {
+    /// Queues `msg` for `to` without waiting. Loss is allowed (the link is then reset and the
+    /// routing protocol repairs it); reordering is not.
+    fn send(&self, to: &NodeId, msg: PeerMsg);
+}
+
+/// The sink of a node that is alone: it never has peers to send to.
+pub struct NoPeers;
+
+impl PeerSink for NoPeers {
+    fn send(&self, to: &NodeId, msg: PeerMsg) {
+        tracing::warn!(peer = %to, kind = msg.kind(), "no internode link; message dropped");
+    }
+}
+
+/// Inputs waiting per shard at most. Past it, client requests get `unavailable`.
+pub const SHARD_QUEUE: usize = 16 * 1024;
+/// How often shards tick (history expiry, request time-outs, metrics).
+const TICK: Duration = Duration::from_millis(500);
+/// Inputs handled per wake-up before the shard yields.
+const BATCH: usize = 256;
+
+/// Handles to all shards of the node. Cheap to clone.
+#[derive(Clone)]
+pub struct Shards {
+    txs: Arc<[mpsc::Sender<Input<ConnHandle>>]>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Shards {
+    /// Spawns `n` shards on `rt`.
+    pub fn start(
+        n: usize,
+        me: NodeId,
+        cfg: RouterConfig,
+        rt: &tokio::runtime::Handle,
+        peers: Arc<dyn PeerSink>,
+    ) -> Shards {
+        let mut txs = Vec::with_capacity(n);
+        for i in 0..n.max(1) {
+            let (tx, rx) = mpsc::channel(SHARD_QUEUE);
+            let router = Router::new(me.clone(), cfg);
+            rt.spawn(run_shard(i, router, rx, peers.clone()));
+            txs.push(tx);
+        }
+        Shards {
+            txs: txs.into(),
+            rt: rt.clone(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.txs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.txs.is_empty()
+    }
+
+    fn shard(&self, room: &RoomId) -> &mpsc::Sender<Input<ConnHandle>> {
+        &self.txs[shard_of(room, self.txs.len())]
+    }
+
+    fn room_of(input: &Input<ConnHandle>) -> Option<&RoomId> {
+        match input {
+            Input::Join { room, .. }
+            | Input::Leave { room, .. }
+            | Input::Publish { room, .. }
+            | Input::History { room, .. } => Some(room),
+            Input::Peer { msg, .. } => Some(msg.room()),
+            Input::Members(_) | Input::PeerReset(_) | Input::Tick => None,
+        }
+    }
+
+    /// Queues a room input on its shard without waiting; gives it back if the shard is full.
+    pub fn try_send(&self, input: Input<ConnHandle>) -> Result<(), Box<Input<ConnHandle>>> {
+        let Some(room) = Self::room_of(&input) else {
+            return Err(Box::new(input));
+        };
+        self.shard(room).try_send(input).map_err(|e| {
+            m::shard_queue_full();
+            Box::new(match e {
+                mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
+            })
+        })
+    }
+
+    /// Queues a room input that must not be lost (a gone connection's leave): if the shard is
+    /// full, a task waits for room. Bounded by the number of connections and their rooms.
+    pub fn send_reliable(&self, input: Input<ConnHandle>) {
+        if let Err(input) = self.try_send(input) {
+            let input = *input;
+            if let Some(room) = Self::room_of(&input) {
+                let tx = self.shard(room).clone();
+                self.rt.spawn(async move {
+                    let _ = tx.send(input).await;
+                });
+            }
+        }
+    }
+
+    /// Queues a room input, waiting while its shard is full (internode receive path).
+    pub async fn send(&self, input: Input<ConnHandle>) {
+        if let Some(room) = Self::room_of(&input) {
+            let _ = self.shard(room).send(input).await;
+        }
+    }
+
+    /// Sends a node-wide input (membership, link reset) to every shard, waiting for room.
+    pub async fn broadcast(&self, make: impl Fn() -> Input<ConnHandle>) {
+        for tx in self.txs.iter() {
+            let _ = tx.send(make()).await;
+        }
+    }
+}
+
+async fn run_shard(
+    idx: usize,
+    mut router: Router<ConnHandle>,
+    mut rx: mpsc::Receiver<Input<ConnHandle>>,
+    peers: Arc<dyn PeerSink>,
+) {
+    let mut out: Vec<Action<ConnHandle>> = Vec::with_capacity(64);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = Reported::default();
+    tracing::debug!(shard = idx, "room shard started");
+    loop {
+        tokio::select! {
+            input = rx.recv() => {
+                let Some(input) = input else { break };
+                step(&mut router, input, &mut out, &*peers);
+                for _ in 1..BATCH {
+                    match rx.try_recv() {
+                        Ok(input) => step(&mut router, input, &mut out, &*peers),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                step(&mut router, Input::Tick, &mut out, &*peers);
+                reported.export(&router);
+            }
+        }
+    }
+    tracing::debug!(shard = idx, "room shard stopped");
+}
+
+/// One router step, its actions carried out at once (the router requires it: a `Fanout`
+/// refers to the subscriber list as it is now).
+fn step(
+    router: &mut Router<ConnHandle>,
+    input: Input<ConnHandle>,
+    out: &mut Vec<Action<ConnHandle>>,
+    peers: &dyn PeerSink,
+) {
+    router.step(crate::now_us(), input, out);
+    for action in out.drain(..) {
+        match action {
+            Action::Reply { to, req, reply } => {
+                if matches!(reply, Reply::Published { .. }) {
+                    m::published();
+                }
+                send_reply(&to.outbox, &req, &reply);
+            }
+            Action::Deliver {
+                to,
+                frame,
+                accepted_us,
+            } => {
+                let _ = to.outbox.text(frame, accepted_us);
+            }
+            Action::Fanout {
+                room,
+                frame,
+                accepted_us,
+            } => {
+                for (_, h) in router.subscribers(&room) {
+                    // A full outbox closes its connection (counted there); the others go on.
+                    let _ = h.outbox.text(frame.clone(), accepted_us);
+                }
+            }
+            Action::JoinFailed { to, room } => {
+                // One message per failed join the connection itself asked for: bounded.
+                to.conn.do_send(JoinFailed(room));
+            }
+            Action::Evict { to, .. } => {
+                to.outbox.close(CloseReason::Gap);
+            }
+            Action::Send { to, msg } => peers.send(&to, msg),
+        }
+    }
+}
+
+/// What a shard last added to the node-wide metrics, to export deltas.
+#[derive(Default)]
+struct Reported {
+    rooms: usize,
+    stats: RouterStats,
+}
+
+impl Reported {
+    fn export(&mut self, router: &Router<ConnHandle>) {
+        let rooms = router.owned_rooms();
+        if rooms != self.rooms {
+            m::rooms(rooms as f64 - self.rooms as f64);
+            self.rooms = rooms;
+        }
+        let s = router.stats();
+        m::add(m::FEED_GAPS, s.gaps - self.stats.gaps);
+        m::add(m::GAP_EVICTIONS, s.evictions - self.stats.evictions);
+        m::add(m::OWNER_CHANGES, s.owner_changes - self.stats.owner_changes);
+        self.stats = s;
+    }
+}

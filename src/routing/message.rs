@@ -1,0 +1,125 @@
+//! Messages between the two halves of room routing: a *member* node (one with local
+//! subscribers or publishers of a room) and the room's *owner* node.
+//!
+//! The same enum travels between nodes (internode protocol, bincode) and from a node to itself
+//! (the router's loopback when it owns the room it serves), so one code path handles both.
+//! Every request carries a `token` chosen by the requester; the owner echoes it in the reply.
+//! Types are plain (no serde `flatten`/`tag`/`skip`) so that bincode encodes them faithfully.
+//! The wire meaning of each variant is documented in docs/ARCHITECTURE.md.
+
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+
+use super::history::HistEntry;
+use crate::ids::{ConnName, Epoch, RoomId};
+
+/// An error carried back to a requester.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerError {
+    /// The receiver is not the room's owner in its view of the membership.
+    NotOwner,
+    /// The receiver is overloaded or shutting down.
+    Unavailable,
+}
+
+/// One member ↔ owner message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    // ---- member → owner ----
+    /// Register interest in `room` (idempotent) and reply with the room's position and, with
+    /// `since`, the history after it. Interest holds until `Unsubscribe`.
+    Subscribe {
+        room: RoomId,
+        token: u64,
+        since: Option<u64>,
+        /// The epoch `since` belongs to; a mismatch means the history since the start of the
+        /// current epoch is sent and `recovered` is false.
+        epoch: Option<Epoch>,
+    },
+    /// Withdraw interest in `room`.
+    Unsubscribe { room: RoomId },
+    /// Sequence `data` (raw JSON) into `room`.
+    Publish {
+        room: RoomId,
+        token: u64,
+        from: ConnName,
+        data: String,
+    },
+    /// Read history after `since`, at most `limit` messages.
+    HistoryReq {
+        room: RoomId,
+        token: u64,
+        since: u64,
+        limit: u64,
+    },
+
+    // ---- owner → member ----
+    /// Reply to `Subscribe`: every event up to `seq` was sent before this message, every later
+    /// one will follow it, so a subscriber that gets `history` then the live feed has no gap.
+    SubscribeAck {
+        room: RoomId,
+        token: u64,
+        epoch: Epoch,
+        seq: u64,
+        history: Vec<HistEntry>,
+        recovered: bool,
+    },
+    /// One sequenced message, sent once to each interested node.
+    Event {
+        room: RoomId,
+        epoch: Epoch,
+        seq: u64,
+        accepted_us: u64,
+        frame: ByteString,
+    },
+    /// Reply to `Publish`: the assigned seq.
+    PublishAck { room: RoomId, token: u64, seq: u64 },
+    /// Reply to `HistoryReq`.
+    HistoryResp {
+        room: RoomId,
+        token: u64,
+        epoch: Epoch,
+        seq: u64,
+        history: Vec<HistEntry>,
+        recovered: bool,
+    },
+    /// A request could not be served.
+    Refused {
+        room: RoomId,
+        token: u64,
+        error: PeerError,
+    },
+}
+
+impl PeerMsg {
+    /// The room this message is about (every message is about exactly one room, which is how
+    /// the receiving node picks the shard that handles it).
+    pub fn room(&self) -> &RoomId {
+        match self {
+            PeerMsg::Subscribe { room, .. }
+            | PeerMsg::Unsubscribe { room }
+            | PeerMsg::Publish { room, .. }
+            | PeerMsg::HistoryReq { room, .. }
+            | PeerMsg::SubscribeAck { room, .. }
+            | PeerMsg::Event { room, .. }
+            | PeerMsg::PublishAck { room, .. }
+            | PeerMsg::HistoryResp { room, .. }
+            | PeerMsg::Refused { room, .. } => room,
+        }
+    }
+
+    /// A short name for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerMsg::Subscribe { .. } => "subscribe",
+            PeerMsg::Unsubscribe { .. } => "unsubscribe",
+            PeerMsg::Publish { .. } => "publish",
+            PeerMsg::HistoryReq { .. } => "history_req",
+            PeerMsg::SubscribeAck { .. } => "subscribe_ack",
+            PeerMsg::Event { .. } => "event",
+            PeerMsg::PublishAck { .. } => "publish_ack",
+            PeerMsg::HistoryResp { .. } => "history_resp",
+            PeerMsg::Refused { .. } => "refused",
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Room routing as a pure state machine: membership + interests + events in, actions out.
+//!
+//! A [`Router`] holds, for the rooms it is given, both halves of the routing protocol:
+//!
+//! * the **member** half (`member.rs`): the local subscribers of each room, the *feed* of events
+//!   this node follows from the room's owner, joins waiting for the owner's acknowledgement,
+//!   and publishes and history reads waiting for their reply;
+//! * the **owner** half (`owner.rs`): for rooms whose owner is this node (rendezvous hashing of
+//!   the room name over the live members, [`hash`]), the room's epoch, its gap-free `seq`, its
+//!   bounded [`history`], and the set of *interested nodes* (nodes with local subscribers), to
+//!   which each sequenced message is sent exactly once.
+//!
+//! The halves talk only through [`PeerMsg`]s. A message to another node becomes
+//! [`Action::Send`]; a message to this node itself goes through an internal loopback queue, so
+//! a one-node cluster and a hundred-node cluster run exactly the same code.
+//!
+//! The router does no I/O and reads no clock: time comes in with each [`Router::step`]. Callers
+//! (the room shards in `rooms/`) feed it [`Input`]s and carry out the returned [`Action`]s
+//! **before the next step** (a `Fanout` is resolved against the subscriber list at the time it
+//! is carried out). Handles `H` identify local connections; the router only stores and returns
+//! them, which keeps it testable with plain values (see `tests.rs`).
+//!
+//! Guarantees (the reasoning is in docs/ARCHITECTURE.md): a subscriber's join is acknowledged
+//! only after the owner registered this node's interest; history and live events meet with no
+//! gap or duplicate, because the owner's acknowledgement travels on the same ordered channel as
+//! its events; a gap in the feed (lost messages after a link reset) is detected from `seq` and
+//! repaired from the owner's history, or — when history no longer reaches — the affected
+//! subscribers are closed so they can resume with `since` rather than silently miss messages.
+
+pub mod hash;
+pub mod history;
+mod member;
+pub mod message;
+mod owner;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+
+use bytestring::ByteString;
+
+use crate::ids::{ConnId, ConnName, Epoch, NodeId, RoomId};
+use crate::protocol::ReqId;
+use crate::protocol::encode::Reply;
+pub use history::{HistEntry, HistoryLimits};
+pub use message::{PeerError, PeerMsg};
+
+use member::{MemberRoom, PendingReq};
+use owner::OwnedRoom;
+
+/// Router settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterConfig {
+    pub history: HistoryLimits,
+    /// How long a request waits for the owner before it fails with `unavailable`.
+    pub request_timeout_us: u64,
+}
+
+/// An event fed to the router.
+#[derive(Debug)]
+pub enum Input<H> {
+    /// A local connection joins `room`.
+    Join {
+        conn: ConnId,
+        handle: H,
+        room: RoomId,
+        since: Option<u64>,
+        epoch: Option<Epoch>,
+        req: ReqId,
+    },
+    /// A local connection leaves `room`. `reply` is false when the connection is gone.
+    Leave {
+        conn: ConnId,
+        handle: H,
+        room: RoomId,
+        req: ReqId,
+        reply: bool,
+    },
+    /// A local connection publishes raw JSON `data`.
+    Publish {
+        handle: H,
+        from: ConnName,
+        room: RoomId,
+        data: String,
+        req: ReqId,
+    },
+    /// A local connection reads history.
+    History {
+        handle: H,
+        room: RoomId,
+        since: u64,
+        limit: u64,
+        req: ReqId,
+    },
+    /// A message from a peer node.
+    Peer { from: NodeId, msg: PeerMsg },
+    /// The live members eligible to own rooms (this node included when it is eligible).
+    Members(Vec<NodeId>),
+    /// The link to `node` was reset: messages in flight either way may be lost.
+    PeerReset(NodeId),
+    /// Time passed: expire history, time out requests, retry resyncs.
+    Tick,
+}
+
+/// Why the router wants a local connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictReason {
+    /// The node's feed for a room lost messages that history can no longer supply.
+    Gap,
+}
+
+/// Work for the caller to carry out.
+#[derive(Debug)]
+pub enum Action<H> {
+    /// Send a reply to one local connection.
+    Reply { to: H, req: ReqId, reply: Reply },
+    /// Send one event frame to one local connection (history replay on join).
+    Deliver {
+        to: H,
+        frame: ByteString,
+        accepted_us: u64,
+    },
+    /// Send one event frame to every local subscriber of `room` (see [`Router::subscribers`]).
+    Fanout {
+        room: RoomId,
+        frame: ByteString,
+        accepted_us: u64,
+    },
+    /// A join did not succeed: the connection should forget `room` (its reply was sent).
+    JoinFailed { to: H, room: RoomId },
+    /// Close a local connection.
+    Evict { to: H, reason: EvictReason },
+    /// Send a message to a peer node (never this node: those go through the loopback).
+    Send { to: NodeId, msg: PeerMsg },
+}
+
+/// Counters the router keeps about itself (exported as metrics by its driver).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RouterStats {
+    /// Member rooms whose owner changed with the membership.
+    pub owner_changes: u64,
+    /// Gaps detected in a feed (each triggers a resync).
+    pub gaps: u64,
+    /// Events dropped as stale or duplicate.
+    pub stale_events: u64,
+    /// Local connections closed because their room lost messages.
+    pub evictions: u64,
+}
+
+/// The routing state machine for a set of rooms on one node.
+pub struct Router<H> {
+    me: NodeId,
+    cfg: RouterConfig,
+    /// Live members eligible to own rooms, sorted. Empty means "only me" (before the first
+    /// membership view, a node serves alone).
+    members: Vec<NodeId>,
+    member_rooms: HashMap<RoomId, MemberRoom<H>>,
+    owned: HashMap<RoomId, OwnedRoom>,
+    /// Publishes and history reads waiting for the owner, by token.
+    pending: HashMap<u64, PendingReq<H>>,
+    next_token: u64,
+    now_us: u64,
+    loopback: VecDeque<PeerMsg>,
+    stats: RouterStats,
+}
+
+impl<H: Clone> Router<H> {
+    pub fn new(me: NodeId, cfg: RouterConfig) -> Self {
+        Router {
+            me,
+            cfg,
+            members: Vec::new(),
+            member_rooms: HashMap::new(),
+            owned: HashMap::new(),
+            pending: HashMap::new(),
+            next_token: 1,
+            now_us: 0,
+            loopback: VecDeque::new(),
+            stats: RouterStats::default(),
+        }
+    }
+
+    /// Feeds one input at time `now_us` (unix microseconds) and appends the resulting actions
+    /// to `out`. The caller must carry out the actions before the next call.
+    pub fn step(&mut self, now_us: u64, input: Input<H>, out: &mut Vec<Action<H>>) {
+        self.now_us = self.now_us.max(now_us);
+        match input {
+            Input::Join {
+                conn,
+                handle,
+                room,
+                since,
+                epoch,
+                req,
+            } => self.join(conn, handle, room, since, epoch, req, out),
+            Input::Leave {
+                conn,
+                handle,
+                room,
+                req,
+                reply,
+            } => self.leave(conn, handle, room, req, reply, out),
+            Input::Publish {
+                handle,
+                from,
+                room,
+                data,
+                req,
+            } => self.publish(handle, from, room, data, req, out),
+            Input::History {
+                handle,
+                room,
+                since,
+                limit,
+                req,
+            } => self.history(handle, room, since, limit, req, out),
+            Input::Peer { from, msg } => self.on_peer(from, msg, out),
+            Input::Members(members) => self.set_members(members, out),
+            Input::PeerReset(node) => self.peer_reset(&node, out),
+            Input::Tick => {
+                self.tick_members(out);
+                self.tick_owned();
+            }
+        }
+        // Messages this node sent to itself, in order, as if over an ordered link.
+        while let Some(msg) = self.loopback.pop_front() {
+            let me = self.me.clone();
+            self.on_peer(me, msg, out);
+        }
+    }
+
+    /// The local subscribers of `room`, to carry out a [`Action::Fanout`].
+    pub fn subscribers(&self, room: &RoomId) -> impl Iterator<Item = (ConnId, &H)> + '_ {
+        self.member_rooms
+            .get(room)
+            .into_iter()
+            .flat_map(|r| r.subs.iter().map(|(c, h)| (*c, h)))
+    }
+
+    /// Rooms this node owns (sequences) now.
+    pub fn owned_rooms(&self) -> usize {
+        self.owned.len()
+    }
+
+    /// Rooms with local subscribers or joins in progress.
+    pub fn member_rooms(&self) -> usize {
+        self.member_rooms.len()
+    }
+
+    pub fn stats(&self) -> RouterStats {
+        self.stats
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// The owner of `room` in the current view.
+    pub fn owner_of(&self, room: &RoomId) -> NodeId {
+        hash::owner(room, &self.members)
+            .cloned()
+            .unwrap_or_else(|| self.me.clone())
+    }
+
+    fn is_member(&self, node: &NodeId) -> bool {
+        node == &self.me || self.members.is_empty() || self.members.binary_search(node).is_ok()
+    }
+
+    fn token(&mut self) -> u64 {
+        let t = self.next_token;
+        self.next_token += 1;
+        t
+    }
+
+    fn deadline(&self) -> u64 {
+        self.now_us + self.cfg.request_timeout_us
+    }
+
+    fn send(&mut self, to: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
+        if to == self.me {
+            self.loopback.push_back(msg);
+        } else {
+            out.push(Action::Send { to, msg });
+        }
+    }
+
+    fn on_peer(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
+        match msg {
+            PeerMsg::Subscribe {
+                room,
+                token,
+                since,
+                epoch,
+            } => self.owner_subscribe(from, room, token, since, epoch, out),
+            PeerMsg::Unsubscribe { room } => self.owner_unsubscribe(&from, &room),
+            PeerMsg::Publish {
+                room,
+                token,
+                from: conn,
+                data,
+            } => self.owner_publish(from, room, token, conn, data, out),
+            PeerMsg::HistoryReq {
+                room,
+                token,
+                since,
+                limit,
+            } => self.owner_history(from, room, token, since, limit, out),
+            PeerMsg::SubscribeAck {
+                room,
+                token,
+                epoch,
+                seq,
+                history,
+                recovered,
+            } => self.on_subscribe_ack(from, room, token, epoch, seq, history, recovered, out),
+            PeerMsg::Event {
+                room,
+                epoch,
+                seq,
+                accepted_us,
+                frame,
+            } => self.on_event(from, room, epoch, seq, accepted_us, frame, out),
+            PeerMsg::PublishAck { room, token, seq } => self.on_publish_ack(room, token, seq, out),
+            PeerMsg::HistoryResp {
+                room,
+                token,
+                epoch,
+                seq,
+                history,
+                recovered,
+            } => self.on_history_resp(room, token, epoch, seq, history, recovered, out),
+            PeerMsg::Refused { room, token, error } => self.on_refused(room, token, error, out),
+        }
+    }
+
+    fn set_members(&mut self, mut members: Vec<NodeId>, out: &mut Vec<Action<H>>) {
+        members.sort();
+        members.dedup();
+        if members == self.members {
+            return;
+        }
+        let old = std::mem::replace(&mut self.members, members);
+        let departed: Vec<NodeId> = old
+            .iter()
+            .filter(|n| self.members.binary_search(n).is_err())
+            .cloned()
+            .collect();
+        self.members_changed_member_side(&departed, out);
+        self.members_changed_owner_side(&departed);
+    }
+}

@@ -1,0 +1,761 @@
+//! Scenario tests of the routing state machine: several routers wired by simulated ordered
+//! links that a test can hold, drop or cut, with connections as plain numbers.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::*;
+use crate::protocol::ErrorCode;
+
+type H = u32;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Got {
+    Reply(Reply),
+    Event(u64, String),
+    Evicted,
+    JoinFailed,
+}
+
+struct Sim {
+    nodes: BTreeMap<NodeId, Router<H>>,
+    links: BTreeMap<(NodeId, NodeId), VecDeque<PeerMsg>>,
+    /// Links whose messages are silently dropped.
+    cut: Vec<(NodeId, NodeId)>,
+    got: HashMap<H, Vec<Got>>,
+    now_us: u64,
+}
+
+fn node(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+fn room(s: &str) -> RoomId {
+    RoomId::new(s).unwrap()
+}
+
+fn cfg() -> RouterConfig {
+    RouterConfig {
+        history: HistoryLimits {
+            max_messages: 100,
+            max_age_ms: 60_000,
+            max_bytes: 1 << 20,
+        },
+        request_timeout_us: 5_000_000,
+    }
+}
+
+/// A room owned by `owner` among `members`.
+fn room_owned_by(owner: &str, members: &[&str]) -> RoomId {
+    let m: Vec<NodeId> = members.iter().map(|s| node(s)).collect();
+    (0..)
+        .map(|i| room(&format!("room-{i}")))
+        .find(|r| hash::owner(r, &m).unwrap().as_str() == owner)
+        .unwrap()
+}
+
+fn seq_of(frame: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(frame).unwrap();
+    v["seq"].as_u64().unwrap()
+}
+
+impl Sim {
+    fn new(names: &[&str]) -> Sim {
+        let mut nodes = BTreeMap::new();
+        for n in names {
+            nodes.insert(node(n), Router::new(node(n), cfg()));
+        }
+        let mut sim = Sim {
+            nodes,
+            links: BTreeMap::new(),
+            cut: Vec::new(),
+            got: HashMap::new(),
+            now_us: 1_000_000_000,
+        };
+        let all: Vec<NodeId> = names.iter().map(|s| node(s)).collect();
+        if names.len() > 1 {
+            for n in names {
+                sim.input(n, Input::Members(all.clone()));
+            }
+        }
+        sim
+    }
+
+    fn input(&mut self, at: &str, input: Input<H>) {
+        let at = node(at);
+        let mut out = Vec::new();
+        let r = self.nodes.get_mut(&at).unwrap();
+        r.step(self.now_us, input, &mut out);
+        for a in out {
+            match a {
+                Action::Reply { to, reply, .. } => {
+                    self.got.entry(to).or_default().push(Got::Reply(reply))
+                }
+                Action::Deliver { to, frame, .. } => self
+                    .got
+                    .entry(to)
+                    .or_default()
+                    .push(Got::Event(seq_of(&frame), frame.to_string())),
+                Action::Fanout { room, frame, .. } => {
+                    let subs: Vec<H> = self.nodes[&at]
+                        .subscribers(&room)
+                        .map(|(_, h)| *h)
+                        .collect();
+                    for h in subs {
+                        self.got
+                            .entry(h)
+                            .or_default()
+                            .push(Got::Event(seq_of(&frame), frame.to_string()));
+                    }
+                }
+                Action::JoinFailed { to, .. } => {
+                    self.got.entry(to).or_default().push(Got::JoinFailed)
+                }
+                Action::Evict { to, .. } => self.got.entry(to).or_default().push(Got::Evicted),
+                Action::Send { to, msg } => {
+                    assert_ne!(to, at, "self-sends go through the loopback");
+                    if self.cut.contains(&(at.clone(), to.clone())) {
+                        continue;
+                    }
+                    self.links
+                        .entry((at.clone(), to))
+                        .or_default()
+                        .push_back(msg);
+                }
+            }
+        }
+    }
+
+    /// Delivers one message on the link from → to; false if none was waiting.
+    fn pump_one(&mut self, from: &str, to: &str) -> bool {
+        let key = (node(from), node(to));
+        let Some(msg) = self.links.get_mut(&key).and_then(|q| q.pop_front()) else {
+            return false;
+        };
+        self.input(
+            to,
+            Input::Peer {
+                from: node(from),
+                msg,
+            },
+        );
+        true
+    }
+
+    /// Delivers everything, link by link in round robin, until quiet.
+    fn settle(&mut self) {
+        loop {
+            let keys: Vec<(NodeId, NodeId)> = self
+                .links
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(k, _)| k.clone())
+                .collect();
+            if keys.is_empty() {
+                return;
+            }
+            for (f, t) in keys {
+                self.pump_one(f.as_str(), t.as_str());
+            }
+        }
+    }
+
+    fn drop_link_queue(&mut self, from: &str, to: &str) {
+        self.links.remove(&(node(from), node(to)));
+    }
+
+    fn join(&mut self, at: &str, conn: H, r: &RoomId, since: Option<u64>) {
+        self.input(
+            at,
+            Input::Join {
+                conn: ConnId(conn as u64),
+                handle: conn,
+                room: r.clone(),
+                since,
+                epoch: None,
+                req: ReqId::NONE,
+            },
+        );
+    }
+
+    fn leave(&mut self, at: &str, conn: H, r: &RoomId) {
+        self.input(
+            at,
+            Input::Leave {
+                conn: ConnId(conn as u64),
+                handle: conn,
+                room: r.clone(),
+                req: ReqId::NONE,
+                reply: true,
+            },
+        );
+    }
+
+    fn publish(&mut self, at: &str, conn: H, r: &RoomId, data: &str) {
+        let from = ConnName::new(&node(at), ConnId(conn as u64));
+        self.input(
+            at,
+            Input::Publish {
+                handle: conn,
+                from,
+                room: r.clone(),
+                data: data.to_string(),
+                req: ReqId::NONE,
+            },
+        );
+    }
+
+    fn take(&mut self, conn: H) -> Vec<Got> {
+        self.got.remove(&conn).unwrap_or_default()
+    }
+
+    fn events(&mut self, conn: H) -> Vec<u64> {
+        self.take(conn)
+            .into_iter()
+            .filter_map(|g| match g {
+                Got::Event(s, _) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn replies(&mut self, conn: H) -> Vec<Reply> {
+        self.take(conn)
+            .into_iter()
+            .filter_map(|g| match g {
+                Got::Reply(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn set_members(&mut self, at: &[&str], members: &[&str]) {
+        let m: Vec<NodeId> = members.iter().map(|s| node(s)).collect();
+        for n in at {
+            self.input(n, Input::Members(m.clone()));
+        }
+    }
+}
+
+fn joined_seq(r: &Reply) -> (u64, Option<bool>) {
+    match r {
+        Reply::Joined { seq, recovered, .. } => (*seq, *recovered),
+        other => panic!("expected Joined, got {other:?}"),
+    }
+}
+
+#[test]
+fn single_node_sequences_and_fans_out() {
+    let mut s = Sim::new(&["a"]);
+    let r = room("lobby");
+    s.join("a", 1, &r, None);
+    s.join("a", 2, &r, None);
+    assert_eq!(joined_seq(&s.replies(1)[0]), (0, None));
+    s.take(2);
+    for i in 0..5 {
+        s.publish("a", 3, &r, &format!("{i}"));
+    }
+    assert_eq!(s.events(1), vec![1, 2, 3, 4, 5]);
+    assert_eq!(s.events(2), vec![1, 2, 3, 4, 5]);
+    let acks: Vec<u64> = s
+        .replies(3)
+        .iter()
+        .map(|r| match r {
+            Reply::Published { seq, .. } => *seq,
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(acks, vec![1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn publisher_that_joined_gets_its_own_message_and_rooms_are_isolated() {
+    let mut s = Sim::new(&["a"]);
+    let (r1, r2) = (room("one"), room("two"));
+    s.join("a", 1, &r1, None);
+    s.join("a", 2, &r2, None);
+    s.take(1);
+    s.take(2);
+    s.publish("a", 1, &r1, "\"hi\"");
+    assert_eq!(s.events(1), vec![1]);
+    assert_eq!(s.events(2), Vec::<u64>::new());
+}
+
+#[test]
+fn join_since_replays_history_then_live_with_no_seam() {
+    let mut s = Sim::new(&["a"]);
+    let r = room("r");
+    for i in 0..5 {
+        s.publish("a", 9, &r, &format!("{i}"));
+    }
+    s.join("a", 1, &r, Some(2));
+    let got = s.take(1);
+    assert_eq!(
+        got[0],
+        Got::Reply(Reply::Joined {
+            room: r.clone(),
+            seq: 5,
+            epoch: match &got[0] {
+                Got::Reply(Reply::Joined { epoch, .. }) => epoch.clone(),
+                _ => unreachable!(),
+            },
+            recovered: Some(true)
+        })
+    );
+    let seqs: Vec<u64> = got[1..]
+        .iter()
+        .map(|g| match g {
+            Got::Event(s, _) => *s,
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, vec![3, 4, 5]);
+    s.publish("a", 9, &r, "6");
+    assert_eq!(s.events(1), vec![6]);
+}
+
+#[test]
+fn since_beyond_history_is_not_recovered() {
+    let mut s = Sim::new(&["a"]);
+    let r = room("r");
+    for i in 0..150 {
+        s.publish("a", 9, &r, &format!("{i}"));
+    }
+    s.join("a", 1, &r, Some(10));
+    let got = s.take(1);
+    match &got[0] {
+        Got::Reply(rep) => assert_eq!(joined_seq(rep), (150, Some(false))),
+        o => panic!("{o:?}"),
+    }
+    // It still gets what history has: the last 100.
+    assert_eq!(got.len(), 101);
+}
+
+#[test]
+fn remote_subscribers_get_one_order_from_the_owner() {
+    let nodes = ["a", "b", "c"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    s.join("b", 1, &r, None);
+    s.join("c", 2, &r, None);
+    s.join("a", 3, &r, None);
+    s.settle();
+    for c in [1, 2, 3] {
+        assert_eq!(joined_seq(&s.replies(c)[0]).0, 0);
+    }
+    // Concurrent publishers on every node, links delivered in an interleaved order.
+    for i in 0..10 {
+        s.publish("b", 10, &r, &format!("{i}"));
+        s.publish("c", 11, &r, &format!("{i}"));
+        s.publish("a", 12, &r, &format!("{i}"));
+        if i % 3 == 0 {
+            s.pump_one("c", "a");
+        }
+    }
+    s.settle();
+    let want: Vec<u64> = (1..=30).collect();
+    let e1 = s.take(1);
+    let e2 = s.take(2);
+    let e3 = s.take(3);
+    assert_eq!(e1.len(), 30);
+    assert_eq!(e1, e2, "same frames in the same order on b and c");
+    assert_eq!(e1, e3);
+    let seqs: Vec<u64> = e1
+        .iter()
+        .map(|g| match g {
+            Got::Event(s, _) => *s,
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, want);
+    // Each publisher's acks are in its own order.
+    for p in [10, 11, 12] {
+        let acks: Vec<u64> = s
+            .replies(p)
+            .iter()
+            .map(|r| match r {
+                Reply::Published { seq, .. } => *seq,
+                o => panic!("{o:?}"),
+            })
+            .collect();
+        assert_eq!(acks.len(), 10);
+        assert!(acks.windows(2).all(|w| w[0] < w[1]), "{acks:?}");
+    }
+}
+
+#[test]
+fn join_ack_waits_for_the_owner_and_the_seam_is_exact() {
+    let nodes = ["a", "b"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    for i in 0..3 {
+        s.publish("a", 9, &r, &format!("{i}"));
+    }
+    s.join("b", 1, &r, Some(1));
+    assert!(s.take(1).is_empty(), "no ack before the owner answers");
+    // Publishes race with the Subscribe: two before the owner sees it, two after.
+    s.publish("a", 9, &r, "\"x\"");
+    s.pump_one("b", "a"); // Subscribe reaches the owner
+    s.publish("a", 9, &r, "\"y\"");
+    s.settle();
+    let got = s.take(1);
+    match &got[0] {
+        Got::Reply(rep) => assert_eq!(joined_seq(rep), (4, Some(true))),
+        o => panic!("{o:?}"),
+    }
+    let seqs: Vec<u64> = got[1..]
+        .iter()
+        .map(|g| match g {
+            Got::Event(s, _) => *s,
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, vec![2, 3, 4, 5]);
+}
+
+#[test]
+fn second_join_on_a_member_node_is_consistent_with_the_feed() {
+    let nodes = ["a", "b"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    s.join("b", 1, &r, None);
+    s.settle();
+    s.take(1);
+    s.publish("a", 9, &r, "1");
+    s.settle();
+    // Fast path: the feed is live, no round trip needed.
+    s.join("b", 2, &r, None);
+    assert_eq!(joined_seq(&s.replies(2)[0]), (1, None));
+    // With since: a round trip, seam exact although events flow meanwhile.
+    s.join("b", 3, &r, Some(0));
+    s.publish("a", 9, &r, "2");
+    s.settle();
+    assert_eq!(s.events(1), vec![1, 2]);
+    assert_eq!(s.events(2), vec![2]);
+    assert_eq!(s.events(3), vec![1, 2]);
+}
+
+#[test]
+fn last_leave_withdraws_interest_and_stops_events() {
+    let nodes = ["a", "b"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    s.join("b", 1, &r, None);
+    s.settle();
+    s.leave("b", 1, &r);
+    s.settle();
+    assert!(matches!(s.replies(1).last(), Some(Reply::Left { .. })));
+    s.publish("a", 9, &r, "1");
+    assert!(
+        s.links
+            .get(&(node("a"), node("b")))
+            .is_none_or(|q| q.is_empty()),
+        "no event sent to b"
+    );
+    assert_eq!(s.events(1), Vec::<u64>::new());
+    assert_eq!(s.nodes[&node("b")].member_rooms(), 0);
+}
+
+#[test]
+fn stray_events_make_the_receiver_unsubscribe() {
+    let nodes = ["a", "b"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    s.join("b", 1, &r, None);
+    s.settle();
+    // b's Unsubscribe is lost.
+    s.cut.push((node("b"), node("a")));
+    s.leave("b", 1, &r);
+    s.cut.clear();
+    s.publish("a", 9, &r, "1");
+    s.settle(); // event → b, b answers Unsubscribe
+    s.publish("a", 9, &r, "2");
+    assert!(
+        s.links
+            .get(&(node("a"), node("b")))
+            .is_none_or(|q| q.is_empty())
+    );
+}
+
+#[test]
+fn a_lost_event_is_repaired_from_history() {
+    let nodes = ["a", "b"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    s.join("b", 1, &r, None);
+    s.settle();
+    s.take(1);
+    s.publish("a", 9, &r, "1");
+    s.settle();
+    s.publish("a", 9, &r, "2");
+    s.drop_link_queue("a", "b"); // event 2 lost
+    s.publish("a", 9, &r, "3");
+    s.publish("a", 9, &r, "4");
+    s.settle();
+    assert_eq!(s.events(1), vec![1, 2, 3, 4]);
+    assert_eq!(s.nodes[&node("b")].stats().gaps, 1);
+    s.publish("a", 9, &r, "5");
+    s.settle();
+    assert_eq!(s.events(1), vec![5]);
+}
+
+#[test]
+fn a_gap_history_cannot_fill_evicts_subscribers() {
+    let nodes = ["a", "b"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    s.join("b", 1, &r, None);
+    s.settle();
+    s.take(1);
+    s.cut.push((node("a"), node("b")));
+    for i in 0..150 {
+        s.publish("a", 9, &r, &format!("{i}"));
+    }
+    s.cut.clear();
+    s.publish("a", 9, &r, "\"last\"");
+    s.settle();
+    assert_eq!(s.take(1), vec![Got::Evicted]);
+    assert_eq!(
+        s.nodes[&node("b")].member_rooms(),
+        0,
+        "room state dropped after eviction"
+    );
+}
+
+#[test]
+fn owner_death_moves_the_room_to_a_new_epoch() {
+    let nodes = ["a", "b", "c"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    s.join("b", 1, &r, None);
+    s.join("c", 2, &r, None);
+    s.settle();
+    s.take(1);
+    s.take(2);
+    s.publish("b", 3, &r, "1");
+    s.settle();
+    assert_eq!(s.events(1), vec![1]);
+    s.take(2);
+    s.take(3);
+    // A publish is in flight when a dies: it fails as unavailable.
+    s.publish("b", 3, &r, "\"lost\"");
+    s.drop_link_queue("b", "a");
+    s.nodes.remove(&node("a"));
+    s.links
+        .retain(|(f, t), _| f.as_str() != "a" && t.as_str() != "a");
+    s.set_members(&["b", "c"], &["b", "c"]);
+    let rep = s.replies(3);
+    assert!(
+        matches!(
+            &rep[0],
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                ..
+            }
+        ),
+        "{rep:?}"
+    );
+    s.settle();
+    // Publishing works again, in a new epoch starting at 1, on both nodes.
+    s.publish("c", 4, &r, "\"new\"");
+    s.settle();
+    let e1 = s.take(1);
+    let e2 = s.take(2);
+    assert_eq!(e1, e2);
+    let seqs: Vec<u64> = e1
+        .iter()
+        .map(|g| match g {
+            Got::Event(s, _) => *s,
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, vec![1]);
+    // And a join with since from the old epoch is not recovered.
+    s.input(
+        "b",
+        Input::Join {
+            conn: ConnId(5),
+            handle: 5,
+            room: r.clone(),
+            since: Some(1),
+            epoch: Some(Epoch::from_wire("0-0-0")),
+            req: ReqId::NONE,
+        },
+    );
+    s.settle();
+    let rep = s.replies(5);
+    assert_eq!(joined_seq(&rep[0]), (1, Some(false)));
+}
+
+#[test]
+fn pending_requests_time_out_as_unavailable() {
+    let nodes = ["a", "b"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    s.cut.push((node("b"), node("a")));
+    s.join("b", 1, &r, None);
+    s.publish("b", 2, &r, "1");
+    s.now_us += 6_000_000;
+    s.input("b", Input::Tick);
+    let got = s.take(1);
+    assert!(matches!(
+        &got[0],
+        Got::Reply(Reply::Error {
+            code: ErrorCode::Unavailable,
+            ..
+        })
+    ));
+    assert_eq!(got[1], Got::JoinFailed);
+    assert!(matches!(
+        &s.replies(2)[0],
+        Reply::Error {
+            code: ErrorCode::Unavailable,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn link_reset_resyncs_the_feed_without_loss() {
+    let nodes = ["a", "b"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    s.join("b", 1, &r, None);
+    s.settle();
+    s.take(1);
+    s.publish("a", 9, &r, "1");
+    s.publish("a", 9, &r, "2");
+    s.drop_link_queue("a", "b"); // both lost with the connection
+    s.input("b", Input::PeerReset(node("a")));
+    s.settle();
+    assert_eq!(s.events(1), vec![1, 2]);
+}
+
+#[test]
+fn idle_rooms_are_dropped_after_history_expires_and_restart_in_a_new_epoch() {
+    let mut s = Sim::new(&["a"]);
+    let r = room("r");
+    s.publish("a", 9, &r, "1");
+    let e1 = match &s.replies(9)[0] {
+        Reply::Published { seq, .. } => *seq,
+        o => panic!("{o:?}"),
+    };
+    assert_eq!(e1, 1);
+    s.now_us += 30_000_000;
+    s.input("a", Input::Tick);
+    assert_eq!(s.nodes[&node("a")].owned_rooms(), 1, "history still young");
+    s.now_us += 31_000_000;
+    s.input("a", Input::Tick);
+    assert_eq!(s.nodes[&node("a")].owned_rooms(), 0);
+    s.publish("a", 9, &r, "\"again\"");
+    assert!(matches!(&s.replies(9)[0], Reply::Published { seq: 1, .. }));
+}
+
+#[test]
+fn a_room_with_subscribers_is_kept_after_history_expires() {
+    let mut s = Sim::new(&["a"]);
+    let r = room("r");
+    s.join("a", 1, &r, None);
+    s.publish("a", 9, &r, "1");
+    s.now_us += 120_000_000;
+    s.input("a", Input::Tick);
+    assert_eq!(s.nodes[&node("a")].owned_rooms(), 1);
+}
+
+#[test]
+fn history_op_reads_from_the_owner() {
+    let nodes = ["a", "b"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    for i in 0..5 {
+        s.publish("b", 9, &r, &format!("{i}"));
+    }
+    s.settle();
+    s.input(
+        "b",
+        Input::History {
+            handle: 1,
+            room: r.clone(),
+            since: 1,
+            limit: 2,
+            req: ReqId::NONE,
+        },
+    );
+    s.settle();
+    match &s.replies(1)[0] {
+        Reply::History {
+            messages,
+            seq,
+            recovered,
+            ..
+        } => {
+            assert_eq!(*seq, 5);
+            assert!(*recovered);
+            let seqs: Vec<u64> = messages.iter().map(|m| seq_of(m)).collect();
+            assert_eq!(seqs, vec![2, 3]);
+        }
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn a_new_owner_after_scale_out_takes_over_subscriptions() {
+    let mut s = Sim::new(&["a", "b"]);
+    // A room that d will own once it joins.
+    let r = room_owned_by("d", &["a", "b", "d"]);
+    s.join("a", 1, &r, None);
+    s.join("b", 2, &r, None);
+    s.settle();
+    s.take(1);
+    s.take(2);
+    s.publish("a", 9, &r, "\"before\"");
+    s.settle();
+    assert_eq!(s.events(1), vec![1]);
+    s.take(2);
+    s.nodes.insert(node("d"), Router::new(node("d"), cfg()));
+    s.set_members(&["a", "b", "d"], &["a", "b", "d"]);
+    s.settle();
+    s.publish("b", 9, &r, "\"after\"");
+    s.settle();
+    let e1 = s.take(1);
+    assert_eq!(e1, s.take(2));
+    let seqs: Vec<u64> = e1
+        .iter()
+        .map(|g| match g {
+            Got::Event(s, _) => *s,
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![1],
+        "the new owner's epoch starts at 1 and both subscribers follow it"
+    );
+}
+
+#[test]
+fn refused_requests_fail_as_unavailable() {
+    let nodes = ["a", "b"];
+    let mut s = Sim::new(&nodes);
+    // Views disagree: a believes b owns r2, b believes a is alone (so b owns nothing).
+    let r2 = room_owned_by("b", &nodes);
+    s.input("b", Input::Members(vec![node("a")]));
+    s.publish("a", 2, &r2, "\"x\"");
+    s.join("a", 3, &r2, None);
+    s.settle();
+    assert!(matches!(
+        &s.replies(2)[0],
+        Reply::Error {
+            code: ErrorCode::Unavailable,
+            ..
+        }
+    ));
+    let got = s.take(3);
+    assert!(matches!(
+        &got[0],
+        Got::Reply(Reply::Error {
+            code: ErrorCode::Unavailable,
+            ..
+        })
+    ));
+    assert_eq!(got[1], Got::JoinFailed);
+}

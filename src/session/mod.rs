@@ -1,0 +1,523 @@
+//! The WebSocket connection: one actix actor per connection.
+//!
+//! The actor consumes the actix-ws `MessageStream` (so it must be created on the worker thread
+//! that accepted the request), validates each request, enforces per-connection limits (rooms
+//! joined, publish rate, error budget, heartbeat) and hands room work to the room shards. It
+//! never writes to the socket itself: everything outbound goes through the connection's
+//! [`Outbox`], drained by the writer task ([`outbox::run_writer`]), which keeps frames in order
+//! and bounds what a slow client can cost.
+//!
+//! A connection ends for exactly one [`CloseReason`], sent as the WebSocket close code and
+//! reason text, and counted. Bad input ends at most this connection; nothing here panics on
+//! client input.
+
+pub mod outbox;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorContext, AsyncContext, Handler, Message, Recipient, StreamHandler};
+use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
+
+use crate::ids::{ConnId, ConnName, RoomId};
+use crate::metrics as m;
+use crate::protocol::encode::{self, Reply};
+use crate::protocol::{ErrorCode, Op, ParseLimits, ReqId, parse_request};
+use crate::rooms::Shards;
+use crate::routing::Input;
+use crate::server::NodeContext;
+pub use outbox::{AbortSignal, AbortableBody, Frame, Outbox, PushError};
+
+/// Why a connection was closed, with its WebSocket close code (documented in docs/protocol.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// The client closed, or the socket went away.
+    Normal = 0,
+    /// The node is shutting down (1001).
+    Shutdown = 1,
+    /// The node is draining; reconnect elsewhere (1001).
+    Draining = 2,
+    /// Invalid WebSocket framing (1002).
+    Protocol = 3,
+    /// A message over the hard frame limit (1009).
+    TooBig = 4,
+    /// The client did not keep up with its outbound queue (1013).
+    SlowConsumer = 5,
+    /// No frame from the client for too many heartbeat intervals (4408).
+    HeartbeatTimeout = 6,
+    /// Too many invalid requests (1008).
+    TooManyErrors = 7,
+    /// A room lost messages this connection would have had to skip (1013); resume with `since`.
+    Gap = 8,
+    /// A server fault (1011).
+    Internal = 9,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 10] = [
+        CloseReason::Normal,
+        CloseReason::Shutdown,
+        CloseReason::Draining,
+        CloseReason::Protocol,
+        CloseReason::TooBig,
+        CloseReason::SlowConsumer,
+        CloseReason::HeartbeatTimeout,
+        CloseReason::TooManyErrors,
+        CloseReason::Gap,
+        CloseReason::Internal,
+    ];
+
+    /// Decodes the outbox's close slot (0 = open, else reason + 1).
+    pub fn from_u8(v: u8) -> Option<CloseReason> {
+        v.checked_sub(1)
+            .and_then(|i| Self::ALL.get(usize::from(i)).copied())
+    }
+
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Normal => 1000,
+            CloseReason::Shutdown | CloseReason::Draining => 1001,
+            CloseReason::Protocol => 1002,
+            CloseReason::TooBig => 1009,
+            CloseReason::SlowConsumer | CloseReason::Gap => 1013,
+            CloseReason::HeartbeatTimeout => 4408,
+            CloseReason::TooManyErrors => 1008,
+            CloseReason::Internal => 1011,
+        }
+    }
+
+    /// The reason text (also the `reason` label of `roomcast_disconnects_total`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Draining => "draining",
+            CloseReason::Protocol => "protocol_error",
+            CloseReason::TooBig => "too_big",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::TooManyErrors => "too_many_errors",
+            CloseReason::Gap => "resync_required",
+            CloseReason::Internal => "internal",
+        }
+    }
+
+    fn to_ws(self) -> actix_ws::CloseReason {
+        actix_ws::CloseReason {
+            code: CloseCode::from(self.code()),
+            description: Some(self.as_str().to_string()),
+        }
+    }
+}
+
+/// What the room shards hold for a local connection: where to write, and whom to tell when a
+/// join failed.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub outbox: Outbox,
+    pub conn: Recipient<JoinFailed>,
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnHandle")
+    }
+}
+
+/// Sent by a shard when a join did not succeed, so the connection forgets the room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JoinFailed(pub RoomId);
+
+/// Sent by the node to close a connection (shutdown, drain).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseNow(pub CloseReason);
+
+/// A token bucket: `rate` tokens per second up to `burst`.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Bucket {
+        Bucket {
+            tokens: burst,
+            rate,
+            burst,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        if self.rate <= 0.0 {
+            return true; // unlimited
+        }
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Invalid requests a connection may send in a burst, and per second after that, before it is
+/// closed with 1008.
+const ERROR_BURST: f64 = 100.0;
+const ERROR_RATE: f64 = 10.0;
+
+/// The connection actor.
+pub struct Session {
+    id: ConnId,
+    name: ConnName,
+    node: Arc<NodeContext>,
+    handle: Option<ConnHandle>,
+    outbox: Outbox,
+    rooms: HashSet<RoomId>,
+    publish_bucket: Bucket,
+    error_bucket: Bucket,
+    last_seen: Instant,
+}
+
+impl Session {
+    /// Starts the actor for an accepted WebSocket on the current worker thread, with its
+    /// writer task. `stream` must already carry the frame limits.
+    pub fn start(
+        node: Arc<NodeContext>,
+        session: actix_ws::Session,
+        stream: actix_ws::AggregatedMessageStream,
+        abort: Arc<AbortSignal>,
+    ) {
+        let cfg = &node.config;
+        let (outbox, rx) = outbox::outbox(cfg.outbound_max_messages, cfg.outbound_max_bytes);
+        let grace = cfg.shutdown_timeout.min(Duration::from_secs(5));
+        let id = ConnId::next();
+        let name = ConnName::new(&node.node_id, id);
+        let publish_bucket = Bucket::new(f64::from(cfg.publish_rate), f64::from(cfg.publish_burst));
+        let addr = Session::create(move |ctx| {
+            ctx.add_stream(stream);
+            Session {
+                id,
+                name,
+                node,
+                handle: None,
+                outbox,
+                rooms: HashSet::new(),
+                publish_bucket,
+                error_bucket: Bucket::new(ERROR_RATE, ERROR_BURST),
+                last_seen: Instant::now(),
+            }
+        });
+        actix_web::rt::spawn(outbox::run_writer(
+            session,
+            rx,
+            abort,
+            grace,
+            addr.recipient(),
+        ));
+    }
+
+    fn shards(&self) -> &Shards {
+        &self.node.shards
+    }
+
+    fn conn_handle(&self) -> ConnHandle {
+        // Set in `started`, before any message is handled.
+        self.handle
+            .clone()
+            .unwrap_or_else(|| unreachable!("handle set in started()"))
+    }
+
+    fn reply(&self, id: &ReqId, reply: &Reply) {
+        send_reply(&self.outbox, id, reply);
+    }
+
+    /// Replies with an error caused by the client, and closes the connection if it keeps
+    /// sending invalid requests.
+    fn client_error(
+        &mut self,
+        ctx: &mut actix::Context<Self>,
+        id: &ReqId,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        self.reply(id, &Reply::error(code, message));
+        if !self.error_bucket.take(Instant::now()) {
+            self.close(ctx, CloseReason::TooManyErrors);
+        }
+    }
+
+    fn close(&mut self, ctx: &mut actix::Context<Self>, reason: CloseReason) {
+        self.outbox.close(reason);
+        ctx.stop();
+    }
+
+    fn on_text(&mut self, ctx: &mut actix::Context<Self>, text: &str) {
+        let limits = ParseLimits {
+            max_data_bytes: self.node.config.max_data_bytes,
+        };
+        let req = match parse_request(text, limits) {
+            Ok(r) => r,
+            Err(e) => return self.client_error(ctx, &e.id, e.code, &e.message),
+        };
+        let id = req.id;
+        match req.op {
+            Op::Ping => self.reply(
+                &id,
+                &Reply::Pong {
+                    ts: crate::now_us() / 1000,
+                },
+            ),
+            Op::Join { room, since, epoch } => {
+                if self.rooms.contains(&room) {
+                    return self.client_error(
+                        ctx,
+                        &id,
+                        ErrorCode::BadRequest,
+                        &format!("already joined room {room}"),
+                    );
+                }
+                let max = self.node.config.max_rooms_per_conn;
+                if self.rooms.len() >= max {
+                    return self.client_error(
+                        ctx,
+                        &id,
+                        ErrorCode::Forbidden,
+                        &format!("this connection has joined {max} rooms, the limit"),
+                    );
+                }
+                self.rooms.insert(room.clone());
+                let input = Input::Join {
+                    conn: self.id,
+                    handle: self.conn_handle(),
+                    room: room.clone(),
+                    since,
+                    epoch,
+                    req: id.clone(),
+                };
+                if self.shards().try_send(input).is_err() {
+                    self.rooms.remove(&room);
+                    self.reply(
+                        &id,
+                        &Reply::error(ErrorCode::Unavailable, "node overloaded; retry"),
+                    );
+                }
+            }
+            Op::Leave { room } => {
+                if !self.rooms.remove(&room) {
+                    return self.client_error(
+                        ctx,
+                        &id,
+                        ErrorCode::BadRequest,
+                        &format!("not joined to room {room}"),
+                    );
+                }
+                let input = Input::Leave {
+                    conn: self.id,
+                    handle: self.conn_handle(),
+                    room: room.clone(),
+                    req: id.clone(),
+                    reply: true,
+                };
+                // Not waiting keeps this connection's requests in order; on refusal the client
+                // is still joined and may retry.
+                if self.shards().try_send(input).is_err() {
+                    self.rooms.insert(room);
+                    self.reply(
+                        &id,
+                        &Reply::error(ErrorCode::Unavailable, "node overloaded; retry"),
+                    );
+                }
+            }
+            Op::Publish { room, data } => {
+                if !self.publish_bucket.take(Instant::now()) {
+                    m::protocol_error(ErrorCode::RateLimited);
+                    return self.reply(
+                        &id,
+                        &Reply::error(
+                            ErrorCode::RateLimited,
+                            "publish rate limit exceeded; slow down",
+                        ),
+                    );
+                }
+                let input = Input::Publish {
+                    handle: self.conn_handle(),
+                    from: self.name.clone(),
+                    room,
+                    data: data.to_string(),
+                    req: id.clone(),
+                };
+                if self.shards().try_send(input).is_err() {
+                    self.reply(
+                        &id,
+                        &Reply::error(ErrorCode::Unavailable, "node overloaded; retry"),
+                    );
+                }
+            }
+            Op::History { room, since, limit } => {
+                let cap = self.node.config.history_max_messages as u64;
+                let input = Input::History {
+                    handle: self.conn_handle(),
+                    room,
+                    since,
+                    limit: limit.unwrap_or(100).min(cap),
+                    req: id.clone(),
+                };
+                if self.shards().try_send(input).is_err() {
+                    self.reply(
+                        &id,
+                        &Reply::error(ErrorCode::Unavailable, "node overloaded; retry"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Writes a reply to `outbox`, counting errors by code.
+pub fn send_reply(outbox: &Outbox, id: &ReqId, reply: &Reply) {
+    if let Reply::Error { code, .. } = reply {
+        if *code != ErrorCode::RateLimited {
+            // Rate-limit refusals are counted where they are decided.
+            m::protocol_error(*code);
+        }
+    }
+    let _ = outbox.text(encode::reply(id, reply), 0);
+}
+
+impl Actor for Session {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.handle = Some(ConnHandle {
+            outbox: self.outbox.clone(),
+            conn: ctx.address().recipient(),
+        });
+        self.node
+            .conns
+            .register(self.id, ctx.address().recipient(), self.outbox.clone());
+        let hb = self.node.config.heartbeat_interval;
+        let _ = self.outbox.text(
+            encode::welcome(&self.name, &self.node.node_id, hb.as_millis() as u64),
+            0,
+        );
+        let max_silence = hb * self.node.config.heartbeat_max_missed;
+        ctx.run_interval(hb, move |act, ctx| {
+            if act.last_seen.elapsed() > max_silence {
+                act.close(ctx, CloseReason::HeartbeatTimeout);
+            } else {
+                let _ = act.outbox.push(Frame::Ping);
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.outbox.close(CloseReason::Normal);
+        let reason = self.outbox.closing().unwrap_or(CloseReason::Normal);
+        m::disconnect(reason);
+        self.node.conns.unregister(self.id);
+        if let Some(handle) = self.handle.take() {
+            for room in self.rooms.drain() {
+                self.node.shards.send_reliable(Input::Leave {
+                    conn: self.id,
+                    handle: handle.clone(),
+                    room,
+                    req: ReqId::NONE,
+                    reply: false,
+                });
+            }
+        }
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session {
+    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_seen = Instant::now();
+        match item {
+            Ok(AggregatedMessage::Text(text)) => self.on_text(ctx, &text),
+            Ok(AggregatedMessage::Binary(_)) => self.client_error(
+                ctx,
+                &ReqId::NONE,
+                ErrorCode::BadRequest,
+                "binary frames are not supported; send JSON text frames",
+            ),
+            Ok(AggregatedMessage::Ping(b)) => {
+                let _ = self.outbox.push(Frame::Pong(b));
+            }
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(_)) => self.close(ctx, CloseReason::Normal),
+            Err(e) => {
+                let reason = match &e {
+                    ProtocolError::Overflow => CloseReason::TooBig,
+                    ProtocolError::Io(io)
+                        if io.to_string().contains("maximum continuation size") =>
+                    {
+                        CloseReason::TooBig
+                    }
+                    _ => CloseReason::Protocol,
+                };
+                tracing::debug!(conn = %self.name, error = %e, "closing connection on a protocol error");
+                self.close(ctx, reason);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<JoinFailed> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: JoinFailed, _ctx: &mut Self::Context) {
+        self.rooms.remove(&msg.0);
+    }
+}
+
+impl Handler<CloseNow> for Session {
+    type Result = ();
+    fn handle(&mut self, msg: CloseNow, ctx: &mut Self::Context) {
+        self.close(ctx, msg.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_round_trip_and_have_codes() {
+        for r in CloseReason::ALL {
+            assert_eq!(CloseReason::from_u8(r as u8 + 1), Some(r));
+            assert!(r.code() >= 1000);
+        }
+        assert_eq!(CloseReason::from_u8(0), None);
+        assert_eq!(CloseReason::SlowConsumer.code(), 1013);
+        assert_eq!(CloseReason::TooBig.code(), 1009);
+        assert_eq!(CloseReason::Shutdown.code(), 1001);
+    }
+
+    #[test]
+    fn bucket_limits_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(10.0, 2.0);
+        assert!(b.take(t0));
+        assert!(b.take(t0));
+        assert!(!b.take(t0));
+        assert!(b.take(t0 + Duration::from_millis(100)));
+        let mut unlimited = Bucket::new(0.0, 0.0);
+        for _ in 0..1000 {
+            assert!(unlimited.take(t0));
+        }
+    }
+}

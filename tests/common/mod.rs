@@ -1,0 +1,574 @@
+//! Test harness: roomcast nodes as real processes, and WebSocket clients.
+//!
+//! Nodes listen on port 0 and the harness learns the bound address from the node's
+//! `listening` log line, so tests run in parallel without port clashes. Every wait has a
+//! deadline; nothing sleeps to synchronise (polling loops re-check a condition until their
+//! deadline).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Default deadline for anything a test waits for.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_roomcast")
+}
+
+/// A roomcast node running as a child process.
+pub struct Node {
+    child: Option<Child>,
+    pub http: SocketAddr,
+    pub id: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    /// Starts a node with `args` (plus `--listen 127.0.0.1:0` and a node id unless given).
+    pub fn start(args: &[&str]) -> Node {
+        Self::start_env(args, &[])
+    }
+
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Node {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut all: Vec<String> = Vec::new();
+        let id = if let Some(i) = args.iter().position(|a| *a == "--node-id") {
+            args[i + 1].to_string()
+        } else {
+            let id = format!("t{}-{}", std::process::id(), n);
+            all.extend(["--node-id".to_string(), id.clone()]);
+            id
+        };
+        if !args.contains(&"--listen") {
+            all.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        all.extend(args.iter().map(|s| s.to_string()));
+        let mut cmd = Command::new(bin());
+        cmd.args(&all)
+            .env("ROOMCAST_LOG_FORMAT", "text")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn roomcast");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !sent && line.contains("listening") {
+                    if let Some(addr) = field(&line, "http=") {
+                        if let Ok(a) = addr.parse() {
+                            let _ = tx.send(a);
+                            sent = true;
+                        }
+                    }
+                }
+                if std::env::var("ROOMCAST_TEST_LOGS").is_ok() {
+                    eprintln!("[node] {line}");
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let http = match rx.recv_timeout(DEADLINE) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "node did not report its address; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Node {
+            child: Some(child),
+            http,
+            id,
+            log,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// GET `path`; returns (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.http, path).await
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// The value of a metric line starting with `series` (name plus optional labels).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await;
+        metric_value(&body, series)
+    }
+
+    /// Waits until the metric satisfies `pred`.
+    pub async fn wait_metric(&self, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let v = self.metric(series).await;
+            if let Some(v) = v {
+                if pred(v) {
+                    return v;
+                }
+            }
+            assert!(Instant::now() < deadline, "metric {series} stuck at {v:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect(&self.ws_url()).await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn metric_value(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.starts_with(series)
+                && matches!(l.as_bytes().get(series.len()), Some(b' ') | Some(b'{'))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let i = line.find(key)?;
+    line[i + key.len()..].split_whitespace().next()
+}
+
+/// A minimal HTTP/1.1 GET (no client crate needed).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.expect("connect http");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        (status, body)
+    };
+    tokio::time::timeout(DEADLINE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} timed out"))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a connection ended, as seen by the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ended {
+    Closed(u16, String),
+    /// The TCP connection ended without a close frame.
+    Dropped,
+}
+
+/// A WebSocket client speaking the roomcast protocol.
+pub struct Client {
+    pub ws: Ws,
+    pub welcome: Value,
+    next_id: u64,
+    /// Frames read while waiting for something else (events, replies to other ids).
+    pub pending: std::collections::VecDeque<Value>,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let mut c = Client {
+            ws,
+            welcome: Value::Null,
+            next_id: 1,
+            pending: Default::default(),
+        };
+        c.welcome = c.recv_frame().await;
+        assert_eq!(c.welcome["type"], "welcome", "first frame: {}", c.welcome);
+        c
+    }
+
+    /// Connects over a socket with a tiny receive buffer (to make a slow consumer).
+    pub async fn connect_small_rcvbuf(url: &str, addr: SocketAddr) -> Client {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let stream = sock.connect(addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("ws handshake");
+        let mut c = Client {
+            ws,
+            welcome: Value::Null,
+            next_id: 1,
+            pending: Default::default(),
+        };
+        c.welcome = c.recv_frame().await;
+        c
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::Text(text.into().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_json(&mut self, v: &Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    /// Reads the next text frame as JSON (skipping pings), with the default deadline.
+    pub async fn recv_frame(&mut self) -> Value {
+        match self.try_recv_frame(DEADLINE).await {
+            Ok(v) => v,
+            Err(e) => panic!("expected a frame, got {e:?}"),
+        }
+    }
+
+    /// The next text frame, or how the connection ended / "timeout".
+    pub async fn try_recv_frame(&mut self, limit: Duration) -> Result<Value, String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| "timeout".to_string())?;
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(&t).map_err(|e| format!("bad JSON {e}: {t}"));
+                }
+                Some(Ok(Message::Close(f))) => return Err(format!("closed {f:?}")),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("error {e}")),
+                None => return Err("eof".into()),
+            }
+        }
+    }
+
+    /// Sends a request with a fresh numeric id and returns its reply; frames that arrive
+    /// meanwhile are kept in `pending`.
+    pub async fn request(&mut self, mut req: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        req["id"] = json!(id);
+        self.send_json(&req).await;
+        self.reply_to(json!(id)).await
+    }
+
+    /// Waits for the reply with `id`.
+    pub async fn reply_to(&mut self, id: Value) -> Value {
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|v| v.get("ok").is_some() && v["id"] == id)
+        {
+            return self.pending.remove(i).unwrap();
+        }
+        loop {
+            let v = self.recv_frame().await;
+            if v.get("ok").is_some() && v["id"] == id {
+                return v;
+            }
+            self.pending.push_back(v);
+        }
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        let r = self.request(json!({"op":"join","room":room})).await;
+        assert_eq!(r["ok"], true, "join {room}: {r}");
+        r
+    }
+
+    pub async fn join_since(&mut self, room: &str, since: u64) -> Value {
+        let r = self
+            .request(json!({"op":"join","room":room,"since":since}))
+            .await;
+        assert_eq!(r["ok"], true, "join {room}: {r}");
+        r
+    }
+
+    /// Publishes and returns the assigned seq.
+    pub async fn publish(&mut self, room: &str, data: Value) -> u64 {
+        let r = self
+            .request(json!({"op":"publish","room":room,"data":data}))
+            .await;
+        assert_eq!(r["ok"], true, "publish: {r}");
+        r["seq"].as_u64().expect("seq")
+    }
+
+    /// The next event (a frame with "type":"message"), from `pending` first.
+    pub async fn next_event(&mut self) -> Value {
+        if let Some(i) = self.pending.iter().position(|v| v["type"] == "message") {
+            return self.pending.remove(i).unwrap();
+        }
+        loop {
+            let v = self.recv_frame().await;
+            if v["type"] == "message" {
+                return v;
+            }
+            self.pending.push_back(v);
+        }
+    }
+
+    /// Collects `n` events of `room`.
+    pub async fn events(&mut self, room: &str, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let e = self.next_event().await;
+            if e["room"] == room {
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// Reads until the connection ends and reports how.
+    pub async fn ended(&mut self) -> Ended {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("connection did not end in time");
+            match msg {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return Ended::Closed(code.into(), reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) => return Ended::Closed(1005, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ended::Dropped,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// Seqs of events.
+pub fn seqs(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+/// A raw WebSocket client that does the handshake by hand and then reads frames without ever
+/// answering (no pongs, no close echo): a client that is alive on TCP but silent.
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    pub async fn connect(addr: SocketAddr) -> RawWs {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut b = [0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(DEADLINE, stream.read(&mut b))
+                .await
+                .expect("handshake timed out")
+                .unwrap();
+            assert!(n > 0, "eof during handshake");
+            buf.extend_from_slice(&b[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..i]).to_string();
+                assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+                buf.drain(..i + 4);
+                break;
+            }
+        }
+        RawWs { stream, buf }
+    }
+
+    /// Next frame as (opcode, payload); None at EOF.
+    pub async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if let Some((op, payload, used)) = parse_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some((op, payload));
+            }
+            let mut b = [0u8; 8192];
+            let n = tokio::time::timeout(DEADLINE, self.stream.read(&mut b))
+                .await
+                .expect("read timed out")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&b[..n]);
+        }
+    }
+
+    /// Reads frames until a close frame; returns its code (None if the TCP connection ended
+    /// first).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while let Some((op, p)) = self.read_frame().await {
+            if op == 0x8 {
+                return Some(u16::from_be_bytes([p[0], p[1]]));
+            }
+        }
+        None
+    }
+
+    /// Sends one masked frame.
+    pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
+        let mut f = vec![0x80 | opcode];
+        let len = payload.len();
+        if len < 126 {
+            f.push(0x80 | len as u8);
+        } else if len < 65536 {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        let mask = [1u8, 2, 3, 4];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&f).await.unwrap();
+    }
+}
+
+fn parse_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    if b.len() < 2 {
+        return None;
+    }
+    let op = b[0] & 0x0f;
+    let mut len = u64::from(b[1] & 0x7f);
+    let mut i = 2;
+    if len == 126 {
+        if b.len() < 4 {
+            return None;
+        }
+        len = u64::from(u16::from_be_bytes([b[2], b[3]]));
+        i = 4;
+    } else if len == 127 {
+        if b.len() < 10 {
+            return None;
+        }
+        len = u64::from_be_bytes(b[2..10].try_into().unwrap());
+        i = 10;
+    }
+    let end = i + len as usize;
+    if b.len() < end {
+        return None;
+    }
+    Some((op, b[i..end].to_vec(), end))
+}
+
+/// Polls `cond` until it is true or the deadline passes.
+pub async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -395,6 +395,14 @@ impl Config {
         Self::load_from(args, Env::prefixed("ROOMCAST_"))
     }
 
+    /// The option names (keys of the TOML file, suffixes of the env vars).
+    pub fn keys() -> Vec<String> {
+        match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
     fn load_from(args: &ServeArgs, env: Env) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = &args.config {
@@ -405,6 +413,10 @@ impl Config {
             })?;
             fig = fig.merge(Toml::file_exact(path));
         }
+        // Only env vars that name an option are read: platforms inject others with our prefix
+        // (Kubernetes adds ROOMCAST_SERVICE_HOST, ROOMCAST_PORT... for a Service named roomcast).
+        let keys = Self::keys();
+        let env = env.filter(move |k| keys.iter().any(|o| o.eq_ignore_ascii_case(k.as_str())));
         let fig = fig.merge(env).merge(Serialized::defaults(args));
         let config: Config = fig.extract().map_err(|e| figment_error(&fig, e))?;
         config.validate()?;
@@ -479,6 +491,28 @@ impl Config {
         for s in &self.seed {
             if !s.contains(':') {
                 return Err(invalid("seed", format!("{s:?} is not host:port")));
+            }
+        }
+        if !self.cluster_listen.ip().is_loopback()
+            && self.cluster_secret_file.is_none()
+            && !self.insecure
+        {
+            return Err(invalid(
+                "cluster_listen",
+                format!(
+                    "{} is reachable from other hosts, and no cluster_secret_file is set: \
+                     anyone who can reach it could join the cluster. Set cluster_secret_file, \
+                     or pass --insecure to run unauthenticated anyway",
+                    self.cluster_listen
+                ),
+            ));
+        }
+        if let Some(a) = &self.advertise {
+            if a.is_empty() || a.contains('/') || a.contains(' ') {
+                return Err(invalid(
+                    "advertise",
+                    format!("{a:?} is not a host name or IP"),
+                ));
             }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
@@ -670,6 +704,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, ConfigError::File { .. }));
+    }
+
+    #[test]
+    fn unrelated_env_vars_with_the_prefix_are_ignored() {
+        let c = load(
+            ServeArgs::default(),
+            &[("SERVICE_HOST", "10.0.0.1"), ("PORT", "tcp://x")],
+        );
+        assert!(c.is_ok(), "{c:?}");
     }
 
     #[test]

@@ -143,18 +143,30 @@ impl fmt::Display for ConnId {
 
 /// The cluster-wide name of a connection as clients see it (`"from"` in events, `"conn"` in
 /// the welcome): `NODE/N`. `/` is not a node-id character, so the name is unambiguous and needs
-/// no JSON escaping.
+/// no JSON escaping. Names decoded from peers are validated.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ConnName(Arc<str>);
+
+impl TryFrom<String> for ConnName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if ConnName::is_valid(&s) {
+            Ok(ConnName(Arc::from(s)))
+        } else {
+            Err(format!("invalid connection name {s:?}"))
+        }
+    }
+}
+impl From<ConnName> for String {
+    fn from(c: ConnName) -> String {
+        c.0.to_string()
+    }
+}
 
 impl ConnName {
     pub fn new(node: &NodeId, conn: ConnId) -> ConnName {
         ConnName(Arc::from(format!("{}/{}", node, conn.0)))
-    }
-    /// A name that did not come from a WebSocket connection (e.g. a peer's `from` field after
-    /// decoding). Not validated: the internode decoder checks it with [`ConnName::is_valid`].
-    pub fn from_wire(s: String) -> ConnName {
-        ConnName(Arc::from(s))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -186,9 +198,27 @@ impl fmt::Debug for ConnName {
 
 /// A room epoch: an opaque token that changes whenever a room's sequence restarts (the room was
 /// dropped and created again, or its owner died with its history). Clients compare epochs for
-/// equality only. Made of hex digits and `-`, so it needs no JSON escaping.
+/// equality only. Made of hex digits and `-`, so it needs no JSON escaping (checked when
+/// decoded from a peer).
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Epoch(Arc<str>);
+
+impl TryFrom<String> for Epoch {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if Epoch::is_valid(&s) {
+            Ok(Epoch(Arc::from(s)))
+        } else {
+            Err(format!("invalid epoch {s:?}"))
+        }
+    }
+}
+impl From<Epoch> for String {
+    fn from(e: Epoch) -> String {
+        e.0.to_string()
+    }
+}
 
 impl Epoch {
     /// A fresh epoch for a room created on `node` at `now_ms`: unique because it mixes the node,

@@ -8,6 +8,8 @@
 //! * [`protocol`] — the client protocol's wire types, validation and encoders (no I/O).
 //! * [`routing`] — the pure routing state machine: room ownership by rendezvous hashing,
 //!   interests, sequencing, history, resync. No sockets, no clocks.
+//! * [`cluster`] — membership by gossip (the only user of chitchat), gossip authentication.
+//! * [`internode`] — the binary internode protocol: handshake, frames, peer links, listener.
 //! * [`rooms`] — room shards: tasks that each own a `Router` and carry out its actions.
 //! * [`session`] — the WebSocket connection actor, its bounded outbound queue and writer.
 //! * [`http`] — routes only: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/cluster`.
@@ -15,9 +17,11 @@
 //! * [`server`] — wiring: runtimes, shards, HTTP server, signals and shutdown.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod internode;
 pub mod metrics;
 pub mod protocol;
 pub mod rooms;

@@ -172,3 +172,20 @@ pub fn add(name: &'static str, v: u64) {
         metrics::counter!(name).increment(v);
     }
 }
+
+pub fn internode_rejected(reason: &'static str) {
+    metrics::counter!(INTERNODE_REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn internode_queue_overflow() {
+    static C: OnceLock<Counter> = OnceLock::new();
+    cached(&C, INTERNODE_DROPPED).increment(1);
+}
+
+/// Internode traffic counters: (messages, bytes) for a direction ("in" or "out").
+pub fn internode_traffic(direction: &'static str) -> (Counter, Counter) {
+    (
+        metrics::counter!(INTERNODE_MESSAGES, "direction" => direction),
+        metrics::counter!(INTERNODE_BYTES, "direction" => direction),
+    )
+}

@@ -17,12 +17,15 @@ use std::time::{Duration, Instant};
 
 use actix::Recipient;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
 
+use crate::cluster::{ClusterSecret, ClusterView, Membership, MembershipConfig};
 use crate::config::Config;
 use crate::ids::{ConnId, NodeId};
+use crate::internode::{InternodeConfig, Peers};
 use crate::metrics as m;
-use crate::rooms::{NoPeers, Shards};
-use crate::routing::{HistoryLimits, RouterConfig};
+use crate::rooms::Shards;
+use crate::routing::{HistoryLimits, Input, RouterConfig};
 use crate::session::{CloseNow, CloseReason, Outbox};
 
 /// The live connections of this node: for the connection count, `max_connections` and
@@ -75,9 +78,16 @@ pub struct NodeContext {
     pub conns: ConnRegistry,
     /// False once shutdown began: `/readyz` says 503 and `/ws` refuses upgrades.
     pub accepting: AtomicBool,
+    /// True once the node has met the cluster (or waited long enough): `/readyz` needs it.
+    pub cluster_ready: AtomicBool,
     pub metrics: PrometheusHandle,
-    /// The HTTP address actually bound (differs from the config with port 0).
-    pub http_addr: Mutex<Option<SocketAddr>>,
+    /// The advertised HTTP address (`host:port`).
+    pub http_addr: String,
+    /// The advertised cluster address (`host:port`).
+    pub cluster_addr: String,
+    /// The membership views (this node's own view of the cluster).
+    pub views: watch::Receiver<Arc<ClusterView>>,
+    pub membership: Membership,
     pub started: Instant,
 }
 
@@ -86,17 +96,8 @@ impl NodeContext {
         self.accepting.load(Ordering::Acquire)
     }
 
-    /// The HTTP address peers and clients should use for this node.
-    pub fn advertised_http(&self) -> String {
-        let bound = self
-            .http_addr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .unwrap_or(self.config.listen);
-        match &self.config.advertise {
-            Some(host) => format!("{}:{}", host, bound.port()),
-            None => bound.to_string(),
-        }
+    pub fn is_ready(&self) -> bool {
+        self.is_accepting() && self.cluster_ready.load(Ordering::Acquire)
     }
 }
 
@@ -112,6 +113,12 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot resolve the advertised host {host:?}: {detail}")]
+    Advertise { host: String, detail: String },
+    #[error(transparent)]
+    Secret(#[from] crate::cluster::secret::SecretError),
+    #[error(transparent)]
+    Membership(#[from] crate::cluster::MembershipError),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
 }
@@ -121,12 +128,37 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let config = Arc::new(config);
     let metrics = m::install().map_err(ServerError::Metrics)?;
     let node_id = config.node_id();
+    let secret = config
+        .cluster_secret_file
+        .as_deref()
+        .map(ClusterSecret::from_file)
+        .transpose()?;
     let core = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.shard_count().clamp(1, 4))
+        .worker_threads(config.shard_count().clamp(2, 4))
         .thread_name("roomcast-core")
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
+
+    let http_listener = bind_tcp(config.listen, 4096)?;
+    let http_bound = http_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let (cluster_tcp, cluster_udp) = bind_cluster(config.cluster_listen)?;
+    let cluster_bound = cluster_udp
+        .local_addr()
+        .map_err(|source| ServerError::Bind {
+            addr: config.cluster_listen,
+            source,
+        })?;
+    let host = advertised_host(&config, http_bound)?;
+    let http_addr = join_host_port(&host, http_bound.port());
+    let cluster_addr = join_host_port(&host, cluster_bound.port());
+    let gossip_addr = resolve(&host, cluster_bound.port())?;
+
     let router_cfg = RouterConfig {
         history: HistoryLimits {
             max_messages: config.history_max_messages,
@@ -135,31 +167,203 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         },
         request_timeout_us: config.request_timeout.as_micros() as u64,
     };
-    let shards = Shards::start(
-        config.shard_count(),
-        node_id.clone(),
-        router_cfg,
-        core.handle(),
-        Arc::new(NoPeers),
+    let node = core.block_on(async {
+        let membership = Membership::start(
+            MembershipConfig {
+                node_id: node_id.clone(),
+                cluster_id: config.cluster_id.clone(),
+                advertise: gossip_addr,
+                http: http_addr.clone(),
+                seeds: config.seed.clone(),
+                gossip_interval: config.gossip_interval,
+                failure_timeout: config.failure_timeout,
+                secret: secret.clone(),
+            },
+            cluster_udp,
+        )
+        .await?;
+        let peers = Peers::new(
+            InternodeConfig {
+                me: node_id.clone(),
+                generation: membership.generation(),
+                cluster_id: config.cluster_id.clone(),
+                advertise: cluster_addr.clone(),
+                secret,
+            },
+            tokio::runtime::Handle::current(),
+        );
+        let shards = Shards::start(
+            config.shard_count(),
+            node_id.clone(),
+            router_cfg,
+            &tokio::runtime::Handle::current(),
+            Arc::new(peers.clone()),
+        );
+        peers.set_shards(shards.clone());
+        cluster_tcp
+            .set_nonblocking(true)
+            .map_err(|source| ServerError::Bind {
+                addr: config.cluster_listen,
+                source,
+            })?;
+        let listener =
+            tokio::net::TcpListener::from_std(cluster_tcp).map_err(|source| ServerError::Bind {
+                addr: config.cluster_listen,
+                source,
+            })?;
+        tokio::spawn(crate::internode::serve(listener, peers.clone()));
+        let node = Arc::new(NodeContext {
+            node_id: node_id.clone(),
+            config: config.clone(),
+            shards,
+            conns: ConnRegistry::default(),
+            accepting: AtomicBool::new(true),
+            cluster_ready: AtomicBool::new(config.seed.is_empty()),
+            metrics,
+            http_addr: http_addr.clone(),
+            cluster_addr: cluster_addr.clone(),
+            views: membership.views(),
+            membership,
+            started: Instant::now(),
+        });
+        tokio::spawn(follow_membership(node.clone(), peers));
+        tokio::spawn(publish_load(node.clone()));
+        Ok::<_, ServerError>(node)
+    })?;
+    tracing::info!(
+        node = %node_id,
+        http = %http_bound,
+        cluster = %cluster_bound,
+        advertise_http = %http_addr,
+        advertise_cluster = %cluster_addr,
+        workers = config.worker_threads(),
+        shards = node.shards.len(),
+        "listening"
     );
-    let node = Arc::new(NodeContext {
-        node_id: node_id.clone(),
-        config: config.clone(),
-        shards,
-        conns: ConnRegistry::default(),
-        accepting: AtomicBool::new(true),
-        metrics,
-        http_addr: Mutex::new(None),
-        started: Instant::now(),
-    });
 
     let system = actix_web::rt::System::new();
-    let result = system.block_on(serve_http(node.clone()));
+    let result = system.block_on(serve_http(node.clone(), http_listener));
     core.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn serve_http(node: Arc<NodeContext>) -> Result<(), ServerError> {
+/// Feeds membership changes to the links and the routers, and marks the node ready once it
+/// has met the cluster.
+async fn follow_membership(node: Arc<NodeContext>, peers: Peers) {
+    let mut views = node.views.clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let view = views.borrow_and_update().clone();
+        peers.update_view(&view);
+        let mut eligible = view.eligible_owners();
+        if !eligible.contains(&node.node_id) && node.is_accepting() {
+            eligible.push(node.node_id.clone());
+        }
+        node.shards
+            .broadcast(|| Input::Members(eligible.clone()))
+            .await;
+        if view.live().count() > 1 {
+            node.cluster_ready.store(true, Ordering::Release);
+        }
+        tokio::select! {
+            r = views.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(deadline), if !node.cluster_ready.load(Ordering::Acquire) => {
+                tracing::warn!("no other cluster member found yet; serving anyway");
+                node.cluster_ready.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Publishes this node's connection count in gossip (for load-aware clients and dashboards).
+async fn publish_load(node: Arc<NodeContext>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        node.membership.set_connections(node.conns.len()).await;
+    }
+}
+
+/// Binds a TCP listener with a deep accept backlog (connect storms).
+fn bind_tcp(addr: SocketAddr, backlog: i32) -> Result<std::net::TcpListener, ServerError> {
+    let err = |source| ServerError::Bind { addr, source };
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(err)?;
+    sock.set_reuse_address(true).map_err(err)?;
+    sock.bind(&addr.into()).map_err(err)?;
+    sock.listen(backlog).map_err(err)?;
+    Ok(sock.into())
+}
+
+/// Binds the cluster port: TCP (internode) and UDP (gossip) on the same port number. With port
+/// 0 a free port for both is searched.
+fn bind_cluster(
+    addr: SocketAddr,
+) -> Result<(std::net::TcpListener, std::net::UdpSocket), ServerError> {
+    let mut last = None;
+    for _ in 0..32 {
+        let tcp = bind_tcp(addr, 1024)?;
+        let port = tcp
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?
+            .port();
+        match std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), port)) {
+            Ok(udp) => return Ok((tcp, udp)),
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(source) => return Err(ServerError::Bind { addr, source }),
+        }
+    }
+    Err(ServerError::Bind {
+        addr,
+        source: last.unwrap_or_else(|| std::io::Error::other("no free port")),
+    })
+}
+
+/// The host peers and clients should use: `--advertise`, else the listen IP.
+fn advertised_host(config: &Config, http: SocketAddr) -> Result<String, ServerError> {
+    if let Some(h) = &config.advertise {
+        return Ok(h.clone());
+    }
+    let ip = config.cluster_listen.ip();
+    if ip.is_unspecified() {
+        return Err(ServerError::Advertise {
+            host: ip.to_string(),
+            detail: "the cluster listens on all interfaces; set --advertise to the address peers should use".into(),
+        });
+    }
+    let _ = http;
+    Ok(ip.to_string())
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, ServerError> {
+    use std::net::ToSocketAddrs;
+    let err = |detail: String| ServerError::Advertise {
+        host: host.to_string(),
+        detail,
+    };
+    join_host_port(host, port)
+        .to_socket_addrs()
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("no address".into()))
+}
+
+async fn serve_http(
+    node: Arc<NodeContext>,
+    listener: std::net::TcpListener,
+) -> Result<(), ServerError> {
     let cfg = node.config.clone();
     let app_node = node.clone();
     let server = actix_web::HttpServer::new(move || {
@@ -168,25 +372,12 @@ async fn serve_http(node: Arc<NodeContext>) -> Result<(), ServerError> {
             .configure(crate::http::routes)
     })
     .workers(cfg.worker_threads())
-    .backlog(4096)
     .max_connections(cfg.max_connections.max(1))
     .disable_signals()
     .shutdown_timeout(cfg.shutdown_timeout.as_secs().max(1))
-    .bind(cfg.listen)
-    .map_err(|source| ServerError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
-    let bound = server.addrs().first().copied().unwrap_or(cfg.listen);
-    *node.http_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(bound);
-    tracing::info!(
-        node = %node.node_id,
-        http = %bound,
-        workers = cfg.worker_threads(),
-        shards = node.shards.len(),
-        "listening"
-    );
-    let server = server.run();
+    .listen(listener)
+    .map_err(ServerError::Http)?
+    .run();
     let handle = server.handle();
     actix_web::rt::spawn(shutdown_on_signal(node, handle));
     server.await.map_err(ServerError::Http)

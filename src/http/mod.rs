@@ -60,10 +60,12 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(node: web::Data<NodeContext>) -> HttpResponse {
-    if node.is_accepting() {
-        HttpResponse::Ok().json(json!({ "status": "ready" }))
-    } else {
+    if !node.is_accepting() {
         unavailable("shutting down")
+    } else if !node.is_ready() {
+        unavailable("joining the cluster")
+    } else {
+        HttpResponse::Ok().json(json!({ "status": "ready" }))
     }
 }
 
@@ -74,15 +76,24 @@ async fn metrics(node: web::Data<NodeContext>) -> HttpResponse {
 }
 
 async fn cluster(node: web::Data<NodeContext>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "self": node.node_id.as_str(),
-        "members": [{
-            "id": node.node_id.as_str(),
-            "http": node.advertised_http(),
-            "cluster": node.config.cluster_listen.to_string(),
-            "live": true,
-            "draining": !node.is_accepting(),
-            "connections": node.conns.len(),
-        }],
-    }))
+    let view = node.views.borrow().clone();
+    let members: Vec<_> = view
+        .members
+        .iter()
+        .map(|m| {
+            let me = m.id == node.node_id;
+            json!({
+                "id": m.id.as_str(),
+                "http": m.http,
+                "cluster": m.cluster,
+                "live": m.live,
+                "draining": if me { !node.is_accepting() } else { m.draining },
+                // This node's own count is exact; others' are as last gossiped (≈1 s old).
+                "connections": if me { node.conns.len() as u64 } else { m.connections },
+                "generation": m.generation,
+                "version": m.version,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "self": node.node_id.as_str(), "members": members }))
 }

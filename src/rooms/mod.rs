@@ -178,6 +178,9 @@ fn step(
     out: &mut Vec<Action<ConnHandle>>,
     peers: &dyn PeerSink,
 ) {
+    if let Input::Peer { from, msg } = &input {
+        tracing::trace!(%from, kind = msg.kind(), room = %msg.room(), "peer message in");
+    }
     router.step(crate::now_us(), input, out);
     for action in out.drain(..) {
         match action {
@@ -211,7 +214,10 @@ fn step(
             Action::Evict { to, .. } => {
                 to.outbox.close(CloseReason::Gap);
             }
-            Action::Send { to, msg } => peers.send(&to, msg),
+            Action::Send { to, msg } => {
+                tracing::trace!(%to, kind = msg.kind(), room = %msg.room(), "peer message out");
+                peers.send(&to, msg)
+            }
         }
     }
 }

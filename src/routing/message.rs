@@ -108,6 +108,19 @@ impl PeerMsg {
         }
     }
 
+    /// Roughly how many bytes this message occupies (for queue byte bounds).
+    pub fn approx_size(&self) -> usize {
+        let hist = |h: &Vec<HistEntry>| h.iter().map(|e| e.frame.len() + 24).sum::<usize>();
+        64 + match self {
+            PeerMsg::Publish { data, .. } => data.len(),
+            PeerMsg::Event { frame, .. } => frame.len(),
+            PeerMsg::SubscribeAck { history, .. } | PeerMsg::HistoryResp { history, .. } => {
+                hist(history)
+            }
+            _ => 0,
+        }
+    }
+
     /// A short name for logs and metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {

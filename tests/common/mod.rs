@@ -32,8 +32,12 @@ pub fn bin() -> &'static str {
 pub struct Node {
     child: Option<Child>,
     pub http: SocketAddr,
+    /// The cluster port (gossip UDP and internode TCP).
+    pub cluster: SocketAddr,
     pub id: String,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The arguments it was started with (to restart it).
+    pub args: Vec<String>,
 }
 
 impl Node {
@@ -56,6 +60,9 @@ impl Node {
         if !args.contains(&"--listen") {
             all.extend(["--listen".to_string(), "127.0.0.1:0".to_string()]);
         }
+        if !args.contains(&"--cluster-listen") {
+            all.extend(["--cluster-listen".to_string(), "127.0.0.1:0".to_string()]);
+        }
         all.extend(args.iter().map(|s| s.to_string()));
         let mut cmd = Command::new(bin());
         cmd.args(&all)
@@ -68,27 +75,27 @@ impl Node {
         let mut child = cmd.spawn().expect("spawn roomcast");
         let stderr = child.stderr.take().expect("stderr piped");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let (tx, rx) = std::sync::mpsc::channel::<(SocketAddr, SocketAddr)>();
         let log2 = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if !sent && line.contains("listening") {
-                    if let Some(addr) = field(&line, "http=") {
-                        if let Ok(a) = addr.parse() {
-                            let _ = tx.send(a);
-                            sent = true;
-                        }
+                    let http = field(&line, " http=").and_then(|a| a.parse().ok());
+                    let cluster = field(&line, " cluster=").and_then(|a| a.parse().ok());
+                    if let (Some(h), Some(c)) = (http, cluster) {
+                        let _ = tx.send((h, c));
+                        sent = true;
                     }
                 }
-                if std::env::var("ROOMCAST_TEST_LOGS").is_ok() {
+                if std::env::var("RC_TEST_LOGS").is_ok() {
                     eprintln!("[node] {line}");
                 }
                 log2.lock().unwrap().push(line);
             }
         });
-        let http = match rx.recv_timeout(DEADLINE) {
+        let (http, cluster) = match rx.recv_timeout(DEADLINE) {
             Ok(a) => a,
             Err(_) => {
                 let _ = child.kill();
@@ -101,8 +108,10 @@ impl Node {
         Node {
             child: Some(child),
             http,
+            cluster,
             id,
             log,
+            args: all,
         }
     }
 
@@ -409,14 +418,20 @@ impl Client {
         }
     }
 
-    /// Collects `n` events of `room`.
+    /// Collects `n` events of `room`; events of other rooms stay pending, in order.
     pub async fn events(&mut self, room: &str, n: usize) -> Vec<Value> {
         let mut out = Vec::with_capacity(n);
+        let mut others = Vec::new();
         while out.len() < n {
             let e = self.next_event().await;
             if e["room"] == room {
                 out.push(e);
+            } else {
+                others.push(e);
             }
+        }
+        for (i, e) in others.into_iter().enumerate() {
+            self.pending.insert(i, e);
         }
         out
     }
@@ -570,5 +585,113 @@ where
     while !cond().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Options that make test clusters detect failures quickly.
+pub const FAST_GOSSIP: [&str; 4] = ["--gossip-interval", "100ms", "--failure-timeout", "2s"];
+
+/// Several nodes as separate processes, seeded by the first.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    /// Arguments every node gets.
+    pub common: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes seeded by the first and waits until every node sees all of them live.
+    pub async fn start(n: usize, args: &[&str]) -> Cluster {
+        let mut common: Vec<String> = FAST_GOSSIP.iter().map(|s| s.to_string()).collect();
+        common.extend(args.iter().map(|s| s.to_string()));
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            common,
+        };
+        for _ in 0..n {
+            c.add(&[]);
+        }
+        c.wait_converged().await;
+        c
+    }
+
+    /// Starts one more node seeded by the first, with extra `args`.
+    pub fn add(&mut self, args: &[&str]) -> &Node {
+        let node = self.spawn(args);
+        self.nodes.push(node);
+        self.nodes.last().unwrap()
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Node {
+        let mut all: Vec<String> = self.common.clone();
+        if let Some(first) = self.nodes.first() {
+            all.extend(["--seed".to_string(), first.cluster.to_string()]);
+        }
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+        Node::start(&refs)
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.id.clone()).collect()
+    }
+
+    /// Waits until `node` sees exactly `ids` as its live members.
+    pub async fn wait_live_set(node: &Node, ids: &[String]) {
+        let mut want: Vec<String> = ids.to_vec();
+        want.sort();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let v = node.get_json("/cluster").await;
+            let mut live: Vec<String> = v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["live"] == true)
+                .map(|m| m["id"].as_str().unwrap().to_string())
+                .collect();
+            live.sort();
+            if live == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} sees live {live:?}, want {want:?}",
+                node.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every node sees every node live.
+    pub async fn wait_converged(&self) {
+        let ids = self.ids();
+        for n in &self.nodes {
+            Self::wait_live_set(n, &ids).await;
+        }
+        for n in &self.nodes {
+            wait_until("readyz", || async { n.get("/readyz").await.0 == 200 }).await;
+        }
+    }
+
+    /// The index of the node that owns `room` among the given node ids.
+    pub fn owner_index(&self, room: &str, among: &[String]) -> usize {
+        let members: Vec<roomcast::ids::NodeId> = among
+            .iter()
+            .map(|s| roomcast::ids::NodeId::new(s).unwrap())
+            .collect();
+        let r = roomcast::ids::RoomId::new(room).unwrap();
+        let owner = roomcast::routing::hash::owner(&r, &members).unwrap();
+        self.nodes
+            .iter()
+            .position(|n| n.id == owner.as_str())
+            .unwrap()
+    }
+
+    /// A room name owned by node `idx` among `among`.
+    pub fn room_owned_by(&self, idx: usize, among: &[String], prefix: &str) -> String {
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|r| self.owner_index(r, among) == idx)
+            .unwrap()
     }
 }

@@ -1,0 +1,582 @@
+//! Several nodes as real processes on loopback: membership, owner-sequenced rooms across
+//! nodes, node loss, restart, scale-out, and hostile peers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Publishes until one publish is acknowledged (ownership may be moving), returning its seq.
+async fn publish_eventually(c: &mut Client, room: &str, data: Value) -> u64 {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let r = c
+            .request(json!({"op":"publish","room":room,"data":data}))
+            .await;
+        if r["ok"] == true {
+            return r["seq"].as_u64().unwrap();
+        }
+        assert_eq!(r["error"]["code"], "unavailable", "{r}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publish never accepted: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Joins until acknowledged (ownership may be moving).
+async fn join_eventually(c: &mut Client, room: &str) -> Value {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let r = c.request(json!({"op":"join","room":room})).await;
+        if r["ok"] == true {
+            return r;
+        }
+        assert_eq!(r["error"]["code"], "unavailable", "{r}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "join never accepted: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_converge_from_one_seed() {
+    let c = Cluster::start(3, &[]).await;
+    for n in &c.nodes {
+        let v = n.get_json("/cluster").await;
+        assert_eq!(v["self"], n.id.as_str());
+        let members = v["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3);
+        for m in members {
+            let other = c.nodes.iter().find(|x| x.id == m["id"]).unwrap();
+            assert_eq!(m["http"], other.http.to_string());
+            assert_eq!(m["cluster"], other.cluster.to_string());
+            assert_eq!(m["live"], true);
+            assert_eq!(m["draining"], false);
+        }
+        n.wait_metric("roomcast_cluster_members{state=\"live\"}", |v| v == 3.0)
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_publish_on_any_node_reaches_subscribers_on_all_nodes_in_one_order() {
+    let c = Cluster::start(3, &["--publish-rate", "0"]).await;
+    let mut subs = Vec::new();
+    for n in &c.nodes {
+        for _ in 0..2 {
+            let mut s = n.connect().await;
+            assert_eq!(s.join("everywhere").await["seq"], 0);
+            subs.push(s);
+        }
+    }
+    // Concurrent publishers on every node.
+    let mut tasks = Vec::new();
+    for (i, n) in c.nodes.iter().enumerate() {
+        let url = n.ws_url();
+        tasks.push(tokio::spawn(async move {
+            let mut p = Client::connect(&url).await;
+            let mut seqs = Vec::new();
+            for k in 0..50 {
+                seqs.push(p.publish("everywhere", json!({"node": i, "k": k})).await);
+            }
+            seqs
+        }));
+    }
+    for t in tasks {
+        let s = t.await.unwrap();
+        assert!(s.windows(2).all(|w| w[0] < w[1]));
+    }
+    let first = subs[0].events("everywhere", 150).await;
+    assert_eq!(seqs(&first), (1..=150).collect::<Vec<_>>());
+    for s in &mut subs[1..] {
+        assert_eq!(
+            s.events("everywhere", 150).await,
+            first,
+            "one order everywhere"
+        );
+    }
+    for i in 0..3 {
+        let ks: Vec<u64> = first
+            .iter()
+            .filter(|e| e["data"]["node"] == i)
+            .map(|e| e["data"]["k"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ks, (0..50).collect::<Vec<_>>(), "publisher order kept");
+    }
+    // Each event is sent once per interested node, not once per subscriber.
+    let owner = c.owner_index("everywhere", &c.ids());
+    let out = c.nodes[owner]
+        .metric("roomcast_internode_messages_total{direction=\"out\"}")
+        .await
+        .unwrap();
+    assert!(out < 150.0 * 2.0 * 2.0 + 200.0, "owner sent {out} messages");
+}
+
+#[tokio::test]
+async fn a_hundred_rooms_spread_over_the_nodes() {
+    let c = Cluster::start(3, &["--publish-rate", "0"]).await;
+    let ids = c.ids();
+    let mut owned = [0usize; 3];
+    let mut sub = c.nodes[0].connect().await;
+    let mut pubs = Vec::new();
+    for n in &c.nodes {
+        pubs.push(n.connect().await);
+    }
+    for r in 0..100 {
+        let room = format!("room-{r}");
+        owned[c.owner_index(&room, &ids)] += 1;
+        sub.join_since(&room, 0).await;
+    }
+    assert!(owned.iter().all(|&k| k > 10), "{owned:?}");
+    for r in 0..100 {
+        let room = format!("room-{r}");
+        let seq = pubs[r % 3].publish(&room, json!(r)).await;
+        assert_eq!(seq, 1);
+    }
+    let mut got = std::collections::HashSet::new();
+    for _ in 0..100 {
+        let e = sub.next_event().await;
+        assert_eq!(e["seq"], 1);
+        got.insert(e["room"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got.len(), 100);
+    // Every node sequences some of the rooms.
+    for n in &c.nodes {
+        n.wait_metric("roomcast_rooms", |v| v > 10.0).await;
+    }
+}
+
+#[tokio::test]
+async fn killing_a_node_moves_its_rooms_to_a_new_epoch_and_the_rest_keeps_working() {
+    let mut c = Cluster::start(3, &["--publish-rate", "0"]).await;
+    let ids = c.ids();
+    let victim = 2;
+    let room = c.room_owned_by(victim, &ids, "doomed");
+    let safe = c.room_owned_by(0, &ids, "safe");
+    let mut s0 = c.nodes[0].connect().await;
+    let mut s1 = c.nodes[1].connect().await;
+    let j = s0.join(&room).await;
+    let epoch1 = j["epoch"].clone();
+    s1.join(&room).await;
+    s1.join(&safe).await;
+    let mut p = c.nodes[1].connect().await;
+    for i in 1..=5 {
+        assert_eq!(p.publish(&room, json!(i)).await, i);
+        assert_eq!(p.publish(&safe, json!(i)).await, i);
+    }
+    assert_eq!(seqs(&s0.events(&room, 5).await), vec![1, 2, 3, 4, 5]);
+    assert_eq!(seqs(&s1.events(&room, 5).await), vec![1, 2, 3, 4, 5]);
+    assert_eq!(seqs(&s1.events(&safe, 5).await), vec![1, 2, 3, 4, 5]);
+
+    c.nodes[victim].kill();
+    let survivors = vec![ids[0].clone(), ids[1].clone()];
+    Cluster::wait_live_set(&c.nodes[0], &survivors).await;
+    Cluster::wait_live_set(&c.nodes[1], &survivors).await;
+
+    // The dead owner's room works again, in a new epoch starting at 1, for both subscribers.
+    let seq = publish_eventually(&mut p, &room, json!("after")).await;
+    assert_eq!(seq, 1);
+    let e0 = s0.events(&room, 1).await;
+    let e1 = s1.events(&room, 1).await;
+    assert_eq!(e0, e1);
+    assert_eq!(e0[0]["data"], "after");
+    assert_ne!(e0[0]["epoch"], epoch1, "a new epoch");
+    // The other room kept its sequence.
+    assert_eq!(p.publish(&safe, json!(6)).await, 6);
+    assert_eq!(s1.events(&safe, 1).await[0]["seq"], 6);
+    // A resume from the old epoch is not recovered.
+    let mut late = c.nodes[0].connect().await;
+    let r = late
+        .request(json!({"op":"join","room":room,"since":5,"epoch":epoch1}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["recovered"], false);
+    assert!(
+        c.nodes[0]
+            .metric("roomcast_room_owner_changes_total")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_node_restarted_with_the_same_id_rejoins() {
+    let mut c = Cluster::start(3, &["--publish-rate", "0"]).await;
+    let ids = c.ids();
+    let args = c.nodes[2].args.clone();
+    c.nodes[2].kill();
+    Cluster::wait_live_set(&c.nodes[0], &ids[..2]).await;
+    // Same id (and flags); chitchat sees a new generation.
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    c.nodes[2] = Node::start(&refs);
+    c.wait_converged().await;
+    // Traffic flows to and from the restarted node.
+    let room = c.room_owned_by(2, &ids, "back");
+    let mut s = c.nodes[2].connect().await;
+    join_eventually(&mut s, &room).await;
+    let mut s0 = c.nodes[0].connect().await;
+    join_eventually(&mut s0, &room).await;
+    let mut p = c.nodes[1].connect().await;
+    let seq = publish_eventually(&mut p, &room, json!("hello")).await;
+    assert_eq!(s.events(&room, 1).await[0]["seq"], seq);
+    assert_eq!(s0.events(&room, 1).await[0]["seq"], seq);
+}
+
+#[tokio::test]
+async fn a_fourth_node_takes_over_some_rooms_and_subscribers_follow() {
+    let mut c = Cluster::start(3, &["--publish-rate", "0"]).await;
+    let mut sub = c.nodes[0].connect().await;
+    let rooms: Vec<String> = (0..20).map(|i| format!("scale-{i}")).collect();
+    for r in &rooms {
+        sub.join(r).await;
+    }
+    c.add(&[]);
+    c.wait_converged().await;
+    let ids = c.ids();
+    let moved: Vec<&String> = rooms
+        .iter()
+        .filter(|r| c.owner_index(r, &ids) == 3)
+        .collect();
+    assert!(!moved.is_empty(), "some rooms move to the new node");
+    // Every room, moved or not, delivers to the old subscriber, published from the new node.
+    let mut p = c.nodes[3].connect().await;
+    for r in &rooms {
+        publish_eventually(&mut p, r, json!(r)).await;
+    }
+    let mut got = std::collections::HashSet::new();
+    while got.len() < rooms.len() {
+        let e = sub.next_event().await;
+        got.insert(e["room"].as_str().unwrap().to_string());
+    }
+    c.nodes[3]
+        .wait_metric("roomcast_rooms", |v| v >= moved.len() as f64)
+        .await;
+}
+
+#[tokio::test]
+async fn nodes_with_another_secret_or_cluster_id_are_kept_out() {
+    let dir = std::env::temp_dir().join(format!("rc-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good");
+    let bad = dir.join("bad");
+    std::fs::write(&good, "the-right-secret-0123456789\n").unwrap();
+    std::fs::write(&bad, "the-wrong-secret-9876543210\n").unwrap();
+    let mut c = Cluster {
+        nodes: Vec::new(),
+        common: FAST_GOSSIP.iter().map(|s| s.to_string()).collect(),
+    };
+    c.add(&["--cluster-secret-file", good.to_str().unwrap()]);
+    c.add(&["--cluster-secret-file", good.to_str().unwrap()]);
+    c.wait_converged().await;
+    let intruder = c.spawn(&["--cluster-secret-file", bad.to_str().unwrap()]);
+    let stranger = c.spawn(&[
+        "--cluster-id",
+        "another-cluster",
+        "--cluster-secret-file",
+        good.to_str().unwrap(),
+    ]);
+    // The intruder's datagrams (to its seed) are dropped by the member.
+    // Ten refused rounds from the intruder take ten gossip intervals: by then the stranger
+    // (authentic datagrams, another cluster id) has had as many rounds with its seed.
+    c.nodes[0]
+        .wait_metric(
+            "roomcast_internode_rejected_total{reason=\"gossip_auth\"}",
+            |v| v >= 10.0,
+        )
+        .await;
+    let ids = c.ids();
+    for n in &c.nodes {
+        Cluster::wait_live_set(n, &ids).await;
+    }
+    Cluster::wait_live_set(&intruder, std::slice::from_ref(&intruder.id)).await;
+    Cluster::wait_live_set(&stranger, std::slice::from_ref(&stranger.id)).await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn nodes_with_a_shared_secret_form_a_cluster_and_route() {
+    let dir = std::env::temp_dir().join(format!("rc-secret-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let s = dir.join("s");
+    std::fs::write(&s, "shared-secret-for-the-test\n").unwrap();
+    let c = Cluster::start(2, &["--cluster-secret-file", s.to_str().unwrap()]).await;
+    let room = c.room_owned_by(1, &c.ids(), "secure");
+    let mut sub = c.nodes[0].connect().await;
+    sub.join(&room).await;
+    let mut p = c.nodes[0].connect().await;
+    p.publish(&room, json!("authenticated")).await;
+    assert_eq!(sub.next_event().await["data"], "authenticated");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn garbage_on_the_cluster_port_is_counted_and_harmless() {
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::start(2, &[]).await;
+    let target = &c.nodes[0];
+    // UDP junk.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..20u8 {
+        udp.send_to(&[i; 100], target.cluster).await.unwrap();
+    }
+    udp.send_to(&[], target.cluster).await.unwrap();
+    // TCP junk: wrong magic, and a silent connection that never finishes the handshake.
+    let mut t = tokio::net::TcpStream::connect(target.cluster)
+        .await
+        .unwrap();
+    t.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let _silent = tokio::net::TcpStream::connect(target.cluster)
+        .await
+        .unwrap();
+    target
+        .wait_metric(
+            "roomcast_internode_rejected_total{reason=\"bad_magic\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+    target
+        .wait_metric(
+            "roomcast_internode_rejected_total{reason=\"gossip_garbage\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+    // Still one cluster that routes.
+    Cluster::wait_live_set(target, &c.ids()).await;
+    let room = c.room_owned_by(1, &c.ids(), "after-junk");
+    let mut sub = target.connect().await;
+    sub.join(&room).await;
+    let mut p = c.nodes[1].connect().await;
+    p.publish(&room, json!(1)).await;
+    assert_eq!(sub.next_event().await["seq"], 1);
+}
+
+mod fake_peer {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use roomcast::internode::codec::{self, Frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+    type Conn = Framed<tokio::net::TcpStream, LengthDelimitedCodec>;
+
+    /// Connects, exchanges preambles and sends a Hello; returns the server's answer.
+    async fn hello(node: &Node, cluster_id: &str, id: &str) -> (Conn, Frame) {
+        let mut s = tokio::net::TcpStream::connect(node.cluster).await.unwrap();
+        s.write_all(&codec::preamble()).await.unwrap();
+        let mut p = [0u8; 8];
+        s.read_exact(&mut p).await.unwrap();
+        assert_eq!(codec::check_preamble(&p), Ok(()));
+        let mut f = Framed::new(
+            s,
+            LengthDelimitedCodec::builder()
+                .length_field_type::<u32>()
+                .max_frame_length(1 << 20)
+                .new_codec(),
+        );
+        let h = Frame::Hello {
+            cluster_id: cluster_id.into(),
+            node_id: roomcast::ids::NodeId::new(id).unwrap(),
+            generation: 1,
+            cluster_addr: "127.0.0.1:1".into(),
+            nonce: [7; codec::NONCE_LEN],
+        };
+        f.send(codec::encode(&h).unwrap()).await.unwrap();
+        let reply = codec::decode(&f.next().await.unwrap().unwrap()).unwrap();
+        (f, reply)
+    }
+
+    /// A fake peer that completes the handshake (the node has no secret).
+    async fn accepted(node: &Node) -> Conn {
+        let (mut f, reply) = hello(node, "roomcast", "fake-peer").await;
+        assert!(
+            matches!(reply, Frame::Challenge { proof: None, .. }),
+            "{reply:?}"
+        );
+        f.send(codec::encode(&Frame::Proof { proof: None }).unwrap())
+            .await
+            .unwrap();
+        let r = codec::decode(&f.next().await.unwrap().unwrap()).unwrap();
+        assert_eq!(r, Frame::Accept);
+        f
+    }
+
+    async fn closed(f: &mut Conn) {
+        let end = tokio::time::timeout(DEADLINE, f.next())
+            .await
+            .expect("closed in time");
+        assert!(!matches!(end, Some(Ok(_))), "no frame expected: {end:?}");
+    }
+
+    #[tokio::test]
+    async fn bad_handshakes_are_refused_and_counted() {
+        let node = Node::start(&[]);
+        let (mut f, reply) = hello(&node, "some-other-cluster", "fake").await;
+        assert!(matches!(reply, Frame::Reject { .. }), "{reply:?}");
+        closed(&mut f).await;
+        node.wait_metric(
+            "roomcast_internode_rejected_total{reason=\"wrong_cluster\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+        // A wrong version in the preamble.
+        let mut s = tokio::net::TcpStream::connect(node.cluster).await.unwrap();
+        let mut p = codec::preamble();
+        p[5] = 99;
+        s.write_all(&p).await.unwrap();
+        let mut back = [0u8; 8];
+        s.read_exact(&mut back).await.unwrap();
+        assert_eq!(
+            codec::check_preamble(&back),
+            Ok(()),
+            "the node tells its version"
+        );
+        node.wait_metric(
+            "roomcast_internode_rejected_total{reason=\"bad_version\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+        // A client claiming a secret the node does not have (a proof where none is expected).
+        let (mut f, _) = hello(&node, "roomcast", "fake2").await;
+        f.send(
+            codec::encode(&Frame::Proof {
+                proof: Some([1; 32]),
+            })
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        let r = codec::decode(&f.next().await.unwrap().unwrap()).unwrap();
+        assert!(matches!(r, Frame::Reject { .. }));
+        node.wait_metric(
+            "roomcast_internode_rejected_total{reason=\"bad_secret\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_wrong_proof_is_refused_when_the_node_has_a_secret() {
+        let dir = std::env::temp_dir().join(format!("rc-fake-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = dir.join("s");
+        std::fs::write(&s, "a-secret-the-fake-does-not-know").unwrap();
+        let node = Node::start(&["--cluster-secret-file", s.to_str().unwrap()]);
+        let (mut f, reply) = hello(&node, "roomcast", "fake").await;
+        assert!(matches!(reply, Frame::Challenge { proof: Some(_), .. }));
+        f.send(
+            codec::encode(&Frame::Proof {
+                proof: Some([0; 32]),
+            })
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        let r = codec::decode(&f.next().await.unwrap().unwrap()).unwrap();
+        assert!(matches!(r, Frame::Reject { .. }), "{r:?}");
+        node.wait_metric(
+            "roomcast_internode_rejected_total{reason=\"bad_secret\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_closes_the_connection() {
+        let node = Node::start(&[]);
+        // Before the handshake the limit is 4 KiB.
+        let mut s = tokio::net::TcpStream::connect(node.cluster).await.unwrap();
+        s.write_all(&codec::preamble()).await.unwrap();
+        let mut p = [0u8; 8];
+        s.read_exact(&mut p).await.unwrap();
+        s.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+        s.write_all(&[0u8; 1024]).await.unwrap();
+        node.wait_metric(
+            "roomcast_internode_rejected_total{reason=\"frame_too_large\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+        // After the handshake, a length beyond the 64 MiB limit.
+        let f = accepted(&node).await;
+        let mut s = f.into_inner();
+        s.write_all(&(200u32 << 20).to_be_bytes()).await.unwrap();
+        node.wait_metric(
+            "roomcast_internode_rejected_total{reason=\"frame_too_large\"}",
+            |v| v >= 2.0,
+        )
+        .await;
+        let mut b = [0u8; 16];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert_eq!(n, 0, "closed");
+        // The node still serves clients.
+        let mut c = node.connect().await;
+        c.join("fine").await;
+    }
+
+    #[tokio::test]
+    async fn unknown_messages_and_invalid_content_close_the_connection() {
+        let node = Node::start(&[]);
+        let mut f = accepted(&node).await;
+        f.send(bytes::Bytes::from_static(&[5, 200, 1, 2, 3]))
+            .await
+            .unwrap();
+        closed(&mut f).await;
+        node.wait_metric(
+            "roomcast_internode_rejected_total{reason=\"decode\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+        // A handshake frame after the handshake.
+        let mut f = accepted(&node).await;
+        f.send(codec::encode(&Frame::Accept).unwrap())
+            .await
+            .unwrap();
+        closed(&mut f).await;
+        node.wait_metric(
+            "roomcast_internode_rejected_total{reason=\"unexpected_frame\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+        // A publish whose data is not JSON.
+        let mut f = accepted(&node).await;
+        let msg = roomcast::routing::PeerMsg::Publish {
+            room: roomcast::ids::RoomId::new("r").unwrap(),
+            token: 1,
+            from: serde_json::from_str("\"fake-peer/1\"").unwrap(),
+            data: "{not json".into(),
+        };
+        f.send(codec::encode(&Frame::Msg(msg)).unwrap())
+            .await
+            .unwrap();
+        closed(&mut f).await;
+        node.wait_metric(
+            "roomcast_internode_rejected_total{reason=\"invalid_message\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+        // A well-formed message from the fake peer is accepted (it is an authenticated peer).
+        let mut f = accepted(&node).await;
+        let msg = roomcast::routing::PeerMsg::Unsubscribe {
+            room: roomcast::ids::RoomId::new("r").unwrap(),
+        };
+        f.send(codec::encode(&Frame::Msg(msg)).unwrap())
+            .await
+            .unwrap();
+        node.wait_metric("roomcast_internode_messages_total{direction=\"in\"}", |v| {
+            v >= 1.0
+        })
+        .await;
+        let mut c = node.connect().await;
+        c.join("still-fine").await;
+    }
+}

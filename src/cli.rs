@@ -1,4 +1,5 @@
-//! The command line: `roomcast [serve] [OPTIONS]` (serve is the default command).
+//! The command line: `roomcast [serve] [OPTIONS]` (serve is the default command) and
+//! `roomcast bench`.
 //!
 //! Parsing problems are clap's (it prints usage and exits 2); configuration problems found
 //! after layering (env, file) are printed here and also exit 2. Runtime failures exit 1.
@@ -24,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a node (the default).
     Serve(ServeArgs),
+    /// Load-generate against nodes (or nats-server) and check every delivery.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Parses the command line and runs it; returns the process exit code.
@@ -31,9 +34,44 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Bench(args)) => return bench(args),
         None => cli.serve,
     };
     serve(&args)
+}
+
+/// Exit 0 when the run saw no violation, 1 when it did, 2 on a usage or setup error.
+fn bench(args: crate::bench::BenchArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_BENCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+    let json = args.json;
+    match crate::bench::run(args) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => eprintln!("roomcast bench: {e}"),
+                }
+            } else {
+                println!("{report}");
+            }
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("roomcast bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {

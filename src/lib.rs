@@ -2,7 +2,8 @@
 //!
 //! Map of the crate (one module per concept; docs/ARCHITECTURE.md tells the whole story):
 //!
-//! * [`cli`] — the command line (`roomcast serve`, the default).
+//! * [`cli`] — the command line (`roomcast serve`, the default; `roomcast bench`).
+//! * [`bench`] — the load generator and delivery checker behind `roomcast bench`.
 //! * [`config`] — the node's options: defaults → TOML file → `ROOMCAST_*` env → flags.
 //! * [`ids`] — newtypes for rooms, nodes, connections and epochs.
 //! * [`protocol`] — the client protocol's wire types, validation and encoders (no I/O).
@@ -16,6 +17,7 @@
 //! * [`metrics`] — every metric name and help text, and the Prometheus recorder.
 //! * [`server`] — wiring: runtimes, shards, HTTP server, signals and shutdown.
 
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod config;

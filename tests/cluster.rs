@@ -197,13 +197,10 @@ async fn killing_a_node_moves_its_rooms_to_a_new_epoch_and_the_rest_keeps_workin
         .await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["recovered"], false);
-    assert!(
-        c.nodes[0]
-            .metric("roomcast_room_owner_changes_total")
-            .await
-            .unwrap_or(0.0)
-            >= 1.0
-    );
+    // Exported on the shards' next tick.
+    c.nodes[0]
+        .wait_metric("roomcast_room_owner_changes_total", |v| v >= 1.0)
+        .await;
 }
 
 #[tokio::test]

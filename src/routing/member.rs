@@ -13,7 +13,15 @@ pub(super) struct MemberRoom<H> {
     pub(super) subs: Vec<(ConnId, H)>,
     joins: Vec<PendingJoin<H>>,
     feed: Feed,
+    /// Epochs this node's subscribers followed before the current one, with the last seq
+    /// delivered in each (newest last, at most [`PAST_EPOCHS`]). While views settle, a room can
+    /// move back to an owner whose epoch the subscribers already saw part of: they continue it
+    /// where they left it instead of seeing its messages twice.
+    past: Vec<(Epoch, u64)>,
 }
+
+/// Past epochs remembered per member room.
+const PAST_EPOCHS: usize = 8;
 
 /// Where this node stands in the room owner's stream of events.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +98,7 @@ impl<H: Clone> Router<H> {
                 subs: Vec::new(),
                 joins: Vec::new(),
                 feed: Feed::Unregistered,
+                past: Vec::new(),
             });
         // Fast path: this node already follows the room and the client wants no history.
         if since.is_none()
@@ -455,16 +464,35 @@ impl<H: Clone> Router<H> {
         };
         let same_epoch = *old_epoch == epoch;
         let old_seq = *old_seq;
-        // Can the local subscribers continue without a gap?
+        if !same_epoch {
+            let old_epoch = old_epoch.clone();
+            r.past.retain(|(e, _)| *e != old_epoch);
+            r.past.push((old_epoch, old_seq));
+            if r.past.len() > PAST_EPOCHS {
+                r.past.remove(0);
+            }
+        }
+        // Where the subscribers stand in the epoch they are moving to: its last seq they got
+        // if they followed it before, else nothing (it is new to them).
+        let delivered = if same_epoch {
+            old_seq
+        } else {
+            r.past
+                .iter()
+                .find(|(e, _)| *e == epoch)
+                .map(|(_, s)| *s)
+                .unwrap_or(0)
+        };
+        // Can the local subscribers continue without a gap? (With a mismatched epoch the owner
+        // sent its whole history of the epoch, so `recovered` does not apply.)
         let complete = if same_epoch {
             recovered
         } else {
-            // A new epoch: subscribers continue from its first message if history has it all.
-            seq == 0 || history.first().is_some_and(|e| e.seq == 1)
+            seq <= delivered || history.first().is_some_and(|e| e.seq <= delivered + 1)
         };
         if complete {
             for e in history {
-                if !same_epoch || e.seq > old_seq {
+                if e.seq > delivered {
                     out.push(Action::Fanout {
                         room: room.clone(),
                         frame: e.frame,
@@ -483,6 +511,7 @@ impl<H: Clone> Router<H> {
                 });
             }
         }
+        let seq = seq.max(delivered);
         r.feed = Feed::Live {
             owner: from,
             epoch,

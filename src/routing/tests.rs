@@ -759,3 +759,50 @@ fn refused_requests_fail_as_unavailable() {
     ));
     assert_eq!(got[1], Got::JoinFailed);
 }
+
+#[test]
+fn returning_to_an_epoch_continues_it_without_repeating() {
+    let nodes = ["a", "b", "c"];
+    let mut s = Sim::new(&nodes);
+    // A room ranked a > b > c, so without a it is b's.
+    let r = (0..)
+        .map(|i| room(&format!("flap-{i}")))
+        .find(|r| {
+            let ranked = hash::ranked(r, &[node("a"), node("b"), node("c")]);
+            ranked[0].as_str() == "a" && ranked[1].as_str() == "b"
+        })
+        .unwrap();
+    s.join("c", 1, &r, None);
+    s.settle();
+    s.take(1);
+    for i in 0..3 {
+        s.publish("c", 9, &r, &format!("{i}"));
+    }
+    s.settle();
+    // b and c lose sight of a for a moment (a does not notice anything).
+    s.set_members(&["b", "c"], &["b", "c"]);
+    s.settle();
+    s.publish("c", 9, &r, "10");
+    s.publish("c", 9, &r, "11");
+    s.settle();
+    // ...and see it again: the room goes back to a, whose epoch c already followed to seq 3.
+    s.set_members(&["b", "c"], &["a", "b", "c"]);
+    s.settle();
+    s.publish("c", 9, &r, "4");
+    s.settle();
+    let got: Vec<(String, u64)> = s
+        .take(1)
+        .into_iter()
+        .map(|g| match g {
+            Got::Event(seq, f) => {
+                let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+                (v["epoch"].as_str().unwrap().to_string(), seq)
+            }
+            o => panic!("{o:?}"),
+        })
+        .collect();
+    let seqs: Vec<u64> = got.iter().map(|(_, s)| *s).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 1, 2, 4], "{got:?}");
+    assert_eq!(got[0].0, got[5].0, "back in a's epoch");
+    assert_ne!(got[0].0, got[3].0);
+}

@@ -231,6 +231,13 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         }
     }
     let connect_s = connect_start.elapsed().as_secs_f64();
+    if failed > 0 && !args.chaos {
+        shared.stop.store(true, Ordering::Release);
+        anyhow::bail!(
+            "{failed} of {} subscribers could not connect and join (see warnings above)",
+            args.subscribers
+        );
+    }
     let rss_after_connect = rss_total(&args.rss_pids);
 
     let mut pubs = Vec::new();

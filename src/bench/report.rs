@@ -68,6 +68,12 @@ pub struct Report {
     pub delivered: u64,
     pub deliveries_per_s: f64,
     pub latency: Latency,
+    /// Publishes acknowledged over the whole run (warm-up and drain included).
+    pub acked_total: u64,
+    /// Deliveries the acknowledged publishes call for (acked per room × its subscribers).
+    pub expected_deliveries: u64,
+    /// Unique, in-order deliveries received over the whole run.
+    pub received_total: u64,
     /// Acknowledged messages a subscriber of their room never received. Under `--chaos` this
     /// is reported but not a violation: until replication, an owner's death loses messages it
     /// acknowledged but had not delivered.
@@ -97,11 +103,15 @@ pub(crate) async fn build(shared: &Shared, m: Measures) -> Report {
     let a = &shared.args;
     let results = shared.results.lock().await.clone();
     let sum = |f: fn(&SubResult) -> u64| results.iter().map(f).sum::<u64>();
-    let mut lost = 0;
+    let (mut lost, mut acked_total, mut expected, mut received_total) = (0, 0, 0, 0);
     for r in 0..a.rooms {
-        let want = shared.acked[r].load(Ordering::Acquire) * shared.subscribers_per_room[r];
+        let acked = shared.acked[r].load(Ordering::Acquire);
+        let want = acked * shared.subscribers_per_room[r];
         let got = shared.received[r].load(Ordering::Acquire);
         lost += want.saturating_sub(got);
+        acked_total += acked;
+        expected += want;
+        received_total += got;
     }
     let h = shared.hist.lock().await;
     let q = |x: f64| {
@@ -151,6 +161,9 @@ pub(crate) async fn build(shared: &Shared, m: Measures) -> Report {
             p999_us: q(0.999),
             max_us: if h.is_empty() { 0 } else { h.max() },
         },
+        acked_total,
+        expected_deliveries: expected,
+        received_total,
         lost,
         duplicated,
         reordered,

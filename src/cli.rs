@@ -48,6 +48,7 @@ fn bench(args: crate::bench::BenchArgs) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(false)
         .try_init();
     let json = args.json;
@@ -97,9 +98,12 @@ fn serve(args: &ServeArgs) -> ExitCode {
 pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A closed stderr must not take the node down: tracing-subscriber would report the failed
+    // write with eprintln!, which panics when stderr is gone.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let _ = match config.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),

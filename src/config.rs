@@ -128,7 +128,7 @@ impl Default for Config {
             publish_rate: 1_000,
             publish_burst: 2_000,
             outbound_max_messages: 10_000,
-            outbound_max_bytes: 8 * 1024 * 1024,
+            outbound_max_bytes: 16 * 1024 * 1024,
             history_max_messages: 1_000,
             history_max_age: Duration::from_secs(600),
             history_max_bytes: 8 * 1024 * 1024,
@@ -295,7 +295,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outbound_max_messages: Option<usize>,
-    /// Outbound queue limit per connection in bytes [default: 8388608].
+    /// Outbound queue limit per connection in bytes [default: 16777216].
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outbound_max_bytes: Option<usize>,
@@ -456,6 +456,35 @@ impl Config {
         }
         if self.max_frame_bytes > 64 * 1024 * 1024 {
             return Err(invalid("max_frame_bytes", "must be at most 64 MiB"));
+        }
+        // A join with `since` replays up to a whole room history into the connection's queue;
+        // the queue must hold it, or resuming clients would be cut as slow consumers.
+        if self.outbound_max_messages <= self.history_max_messages {
+            return Err(invalid(
+                "outbound_max_messages",
+                format!(
+                    "must be greater than history_max_messages ({}): a resume replays up to a whole history",
+                    self.history_max_messages
+                ),
+            ));
+        }
+        if self.outbound_max_bytes <= self.history_max_bytes {
+            return Err(invalid(
+                "outbound_max_bytes",
+                format!(
+                    "must be greater than history_max_bytes ({}): a resume replays up to a whole history",
+                    self.history_max_bytes
+                ),
+            ));
+        }
+        if self.cluster_listen.ip().is_unspecified() && self.advertise.is_none() {
+            return Err(invalid(
+                "advertise",
+                format!(
+                    "must be set when cluster_listen is {} (all interfaces): peers need an address to reach this node",
+                    self.cluster_listen
+                ),
+            ));
         }
         if self.publish_rate > 0 && self.publish_burst == 0 {
             return Err(invalid(
@@ -672,6 +701,23 @@ mod tests {
 
         let e = load(ServeArgs::default(), &[("NODE_ID", "a b")]).unwrap_err();
         assert!(e.to_string().contains("node_id"), "{e}");
+    }
+
+    #[test]
+    fn relations_between_options_are_checked() {
+        let e = load(ServeArgs::default(), &[("OUTBOUND_MAX_MESSAGES", "500")]).unwrap_err();
+        assert!(e.to_string().contains("history_max_messages"), "{e}");
+        let e = load(ServeArgs::default(), &[("HISTORY_MAX_BYTES", "99999999")]).unwrap_err();
+        assert!(e.to_string().contains("outbound_max_bytes"), "{e}");
+        let e = load(
+            ServeArgs::default(),
+            &[("CLUSTER_LISTEN", "0.0.0.0:7946"), ("INSECURE", "true")],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`advertise`"), "{e}");
+        let e = load(ServeArgs::default(), &[("CLUSTER_LISTEN", "10.1.2.3:7946"), ("ADVERTISE", "10.1.2.3")])
+            .unwrap_err();
+        assert!(e.to_string().contains("cluster_secret_file"), "{e}");
     }
 
     #[test]

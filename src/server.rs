@@ -328,15 +328,9 @@ fn advertised_host(config: &Config, http: SocketAddr) -> Result<String, ServerEr
     if let Some(h) = &config.advertise {
         return Ok(h.clone());
     }
-    let ip = config.cluster_listen.ip();
-    if ip.is_unspecified() {
-        return Err(ServerError::Advertise {
-            host: ip.to_string(),
-            detail: "the cluster listens on all interfaces; set --advertise to the address peers should use".into(),
-        });
-    }
+    // Config::validate requires --advertise when the cluster listens on all interfaces.
     let _ = http;
-    Ok(ip.to_string())
+    Ok(config.cluster_listen.ip().to_string())
 }
 
 fn join_host_port(host: &str, port: u16) -> String {

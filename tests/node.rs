@@ -458,6 +458,10 @@ async fn a_slow_consumer_is_closed_with_1013_and_counted() {
         "64",
         "--outbound-max-bytes",
         "1000000",
+        "--history-max-messages",
+        "32",
+        "--history-max-bytes",
+        "500000",
     ]);
     let mut slow = Client::connect_small_rcvbuf(&node.ws_url(), node.http).await;
     slow.join("firehose").await;
@@ -686,4 +690,21 @@ async fn config_file_and_env_are_applied() {
     let r = c.request(json!({"op":"join","room":"c"})).await;
     assert_eq!(r["error"]["code"], "forbidden");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn the_shipped_config_files_are_valid() {
+    // Ports and seeds are overridden by flags (flags win), so the files' keys and values are
+    // what is checked.
+    for f in [
+        "cluster-config/node.example.toml",
+        "cluster-config/node1.toml",
+        "cluster-config/node2.toml",
+        "cluster-config/node3.toml",
+    ] {
+        let path = format!("{}/{f}", env!("CARGO_MANIFEST_DIR"));
+        let node = Node::start(&["--config", &path, "--node-id", "cfg-test"]);
+        let mut c = node.connect().await;
+        assert_eq!(c.request(json!({"op":"ping"})).await["ok"], true, "{f}");
+    }
 }

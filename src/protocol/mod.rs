@@ -27,7 +27,7 @@ pub enum ErrorCode {
     TooLarge,
     /// The connection's publish rate limit is exhausted.
     RateLimited,
-    /// Not allowed (room limit reached, not joined, and later: auth).
+    /// Not allowed (the connection's room limit is reached; later also authorisation).
     Forbidden,
     /// The room's owner node cannot be reached now, or the node is overloaded; retry.
     Unavailable,

@@ -19,7 +19,7 @@ use crate::metrics as m;
 use crate::protocol::encode::Reply;
 use crate::routing::hash::shard_of;
 use crate::routing::{Action, Input, PeerMsg, Router, RouterConfig, RouterStats};
-use crate::session::{CloseReason, ConnHandle, JoinFailed, send_reply};
+use crate::session::{CloseReason, ConnHandle, JoinFailed, TextKind, send_reply};
 
 /// Where a shard sends messages for other nodes (the internode layer; nothing on one node).
 pub trait PeerSink: Send + Sync + 'static {
@@ -190,21 +190,18 @@ fn step(
                 }
                 send_reply(&to.outbox, &req, &reply);
             }
-            Action::Deliver {
-                to,
-                frame,
-                accepted_us,
-            } => {
-                let _ = to.outbox.text(frame, accepted_us);
+            Action::Deliver { to, frame, .. } => {
+                let _ = to.outbox.text(frame, TextKind::Replay);
             }
             Action::Fanout {
                 room,
                 frame,
                 accepted_us,
             } => {
+                let kind = TextKind::Event { accepted_us };
                 for (_, h) in router.subscribers(&room) {
                     // A full outbox closes its connection (counted there); the others go on.
-                    let _ = h.outbox.text(frame.clone(), accepted_us);
+                    let _ = h.outbox.text(frame.clone(), kind);
                 }
             }
             Action::JoinFailed { to, room } => {

@@ -168,7 +168,25 @@ impl<H: Clone> Router<H> {
     ) {
         if let Some(r) = self.member_rooms.get_mut(&room) {
             r.subs.retain(|(c, _)| *c != conn);
-            r.joins.retain(|j| j.conn != conn);
+            // A join still waiting for the owner gets its one reply now.
+            let mut i = 0;
+            while i < r.joins.len() {
+                if r.joins[i].conn == conn {
+                    let j = r.joins.remove(i);
+                    if reply {
+                        out.push(Action::Reply {
+                            to: j.handle,
+                            req: j.req,
+                            reply: Reply::error(
+                                ErrorCode::BadRequest,
+                                format!("left room {room} before the join completed"),
+                            ),
+                        });
+                    }
+                } else {
+                    i += 1;
+                }
+            }
         }
         if reply {
             out.push(Action::Reply {

@@ -806,3 +806,18 @@ fn returning_to_an_epoch_continues_it_without_repeating() {
     assert_eq!(got[0].0, got[5].0, "back in a's epoch");
     assert_ne!(got[0].0, got[3].0);
 }
+
+#[test]
+fn leaving_while_the_join_waits_answers_the_join() {
+    let nodes = ["a", "b"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    s.join("b", 1, &r, None);
+    s.leave("b", 1, &r); // before the owner answered
+    s.settle();
+    let replies = s.replies(1);
+    assert_eq!(replies.len(), 2, "one reply per request: {replies:?}");
+    assert!(matches!(&replies[0], Reply::Error { code: ErrorCode::BadRequest, .. }));
+    assert!(matches!(&replies[1], Reply::Left { .. }));
+    assert_eq!(s.nodes[&node("b")].member_rooms(), 0);
+}

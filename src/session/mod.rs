@@ -27,7 +27,7 @@ use crate::protocol::{ErrorCode, Op, ParseLimits, ReqId, parse_request};
 use crate::rooms::Shards;
 use crate::routing::Input;
 use crate::server::NodeContext;
-pub use outbox::{AbortSignal, AbortableBody, Frame, Outbox, PushError};
+pub use outbox::{AbortSignal, AbortableBody, Frame, Outbox, PushError, TextKind};
 
 /// Why a connection was closed, with its WebSocket close code (documented in docs/protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,7 +392,7 @@ pub fn send_reply(outbox: &Outbox, id: &ReqId, reply: &Reply) {
             m::protocol_error(*code);
         }
     }
-    let _ = outbox.text(encode::reply(id, reply), 0);
+    let _ = outbox.text(encode::reply(id, reply), TextKind::Control);
 }
 
 impl Actor for Session {
@@ -409,7 +409,7 @@ impl Actor for Session {
         let hb = self.node.config.heartbeat_interval;
         let _ = self.outbox.text(
             encode::welcome(&self.name, &self.node.node_id, hb.as_millis() as u64),
-            0,
+            TextKind::Control,
         );
         let max_silence = hb * self.node.config.heartbeat_max_missed;
         ctx.run_interval(hb, move |act, ctx| {

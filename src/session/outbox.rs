@@ -31,9 +31,8 @@ use crate::metrics as m;
 /// One outbound frame.
 #[derive(Debug)]
 pub enum Frame {
-    /// A text frame; `accepted_us` is the owner's accept time for events (for the delivery
-    /// latency histogram), 0 for anything else.
-    Text { text: ByteString, accepted_us: u64 },
+    /// A text frame.
+    Text { text: ByteString, kind: TextKind },
     /// A WebSocket ping (heartbeat).
     Ping,
     /// A WebSocket pong answering a client's ping.
@@ -48,6 +47,19 @@ impl Frame {
             Frame::Pong(b) => b.len() + 2,
         }
     }
+}
+
+/// What a text frame is, for the delivery metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    /// A reply, the welcome, a notice: not a delivery.
+    Control,
+    /// A live event, accepted by the room's owner at this unix time (µs): counted as a
+    /// delivery and in the delivery latency histogram.
+    Event { accepted_us: u64 },
+    /// A history event replayed on a resume: counted as a delivery, not in the latency
+    /// histogram (it was published long ago).
+    Replay,
 }
 
 /// Why a push was refused.
@@ -125,9 +137,9 @@ impl Outbox {
         }
     }
 
-    /// Queues a text frame (a reply or an event).
-    pub fn text(&self, text: ByteString, accepted_us: u64) -> Result<(), PushError> {
-        self.push(Frame::Text { text, accepted_us })
+    /// Queues a text frame.
+    pub fn text(&self, text: ByteString, kind: TextKind) -> Result<(), PushError> {
+        self.push(Frame::Text { text, kind })
     }
 
     fn overflow(&self) {
@@ -137,7 +149,8 @@ impl Outbox {
     }
 
     /// Starts closing the connection with `reason`. The first reason wins; returns true if this
-    /// call set it. Frames still queued are discarded; the writer sends the close frame.
+    /// call set it. The writer then sends what is still queued (all of it is discarded for a
+    /// slow consumer) and the close frame.
     pub fn close(&self, reason: CloseReason) -> bool {
         let set = self
             .shared
@@ -248,6 +261,7 @@ pub async fn run_writer(
     let latency = m::delivery_latency();
     let delivered = m::delivered_counter();
     let mut lat_buf: Vec<u64> = Vec::new();
+    let mut replays: u64 = 0;
     'run: loop {
         if shared.close.load(Ordering::Acquire) != 0 {
             break;
@@ -267,9 +281,11 @@ pub async fn run_writer(
             while let Some(f) = next.take() {
                 shared.bytes.fetch_sub(f.cost(), Ordering::AcqRel);
                 let msg = match f {
-                    Frame::Text { text, accepted_us } => {
-                        if accepted_us > 0 {
-                            lat_buf.push(accepted_us);
+                    Frame::Text { text, kind } => {
+                        match kind {
+                            TextKind::Event { accepted_us } => lat_buf.push(accepted_us),
+                            TextKind::Replay => replays += 1,
+                            TextKind::Control => {}
                         }
                         actix_ws::Message::Text(text)
                     }
@@ -289,6 +305,10 @@ pub async fn run_writer(
             _ = shared.wake.notified() => Ok(()),
             r = write => r,
         };
+        if replays > 0 {
+            delivered.increment(replays);
+            replays = 0;
+        }
         if !lat_buf.is_empty() {
             let now = crate::now_us();
             delivered.increment(lat_buf.len() as u64);
@@ -348,7 +368,7 @@ mod tests {
     fn text(s: &str) -> Frame {
         Frame::Text {
             text: ByteString::from(s.to_string()),
-            accepted_us: 0,
+            kind: TextKind::Control,
         }
     }
 

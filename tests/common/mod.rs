@@ -65,6 +65,12 @@ impl Node {
         }
         all.extend(args.iter().map(|s| s.to_string()));
         let mut cmd = Command::new(bin());
+        // Nodes see only the options a test gives them, not the developer's environment.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ROOMCAST_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.args(&all)
             .env("ROOMCAST_LOG_FORMAT", "text")
             .stdout(Stdio::null())

@@ -27,6 +27,14 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load-generate against nodes (or nats-server) and check every delivery.
     Bench(crate::bench::BenchArgs),
+    /// GET an http:// URL; exit 0 on status 200, else 1 (container health checks need no curl).
+    Probe {
+        /// e.g. http://127.0.0.1:8080/healthz
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// Parses the command line and runs it; returns the process exit code.
@@ -35,9 +43,53 @@ pub fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         Some(Command::Bench(args)) => return bench(args),
+        Some(Command::Probe { url, timeout }) => return probe(&url, timeout),
         None => cli.serve,
     };
     serve(&args)
+}
+
+fn probe(url: &str, timeout: std::time::Duration) -> ExitCode {
+    match http_status(url, timeout) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("roomcast probe: {url}: HTTP {status}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("roomcast probe: {url}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A minimal blocking HTTP/1.0 GET returning the status code.
+fn http_status(url: &str, timeout: std::time::Duration) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_string());
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("only http:// URLs"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = host
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| bad("host resolves to nothing"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head)?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("not an HTTP response"))
 }
 
 /// Exit 0 when the run saw no violation, 1 when it did, 2 on a usage or setup error.

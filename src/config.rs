@@ -715,8 +715,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("`advertise`"), "{e}");
-        let e = load(ServeArgs::default(), &[("CLUSTER_LISTEN", "10.1.2.3:7946"), ("ADVERTISE", "10.1.2.3")])
-            .unwrap_err();
+        let e = load(
+            ServeArgs::default(),
+            &[
+                ("CLUSTER_LISTEN", "10.1.2.3:7946"),
+                ("ADVERTISE", "10.1.2.3"),
+            ],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("cluster_secret_file"), "{e}");
     }
 

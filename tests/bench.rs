@@ -35,8 +35,22 @@ async fn a_small_bench_run_loses_nothing_and_counts_right() {
     let pid = node.pid().to_string();
     let r = tokio::task::spawn_blocking(move || {
         bench(&[
-            "--url", &url, "--subscribers", "20", "--rooms", "4", "--publishers", "2",
-            "--in-flight", "4", "--duration", "1s", "--warmup", "200ms", "--rss-pid", &pid,
+            "--url",
+            &url,
+            "--subscribers",
+            "20",
+            "--rooms",
+            "4",
+            "--publishers",
+            "2",
+            "--in-flight",
+            "4",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--rss-pid",
+            &pid,
         ])
     })
     .await
@@ -56,7 +70,10 @@ async fn a_small_bench_run_loses_nothing_and_counts_right() {
     assert!(r["rss_bytes_per_conn"].is_number());
     assert!(r["bench_cpu_s"].as_f64().unwrap() > 0.0);
     // The node counted the same deliveries.
-    let delivered = node.metric("roomcast_messages_delivered_total").await.unwrap();
+    let delivered = node
+        .metric("roomcast_messages_delivered_total")
+        .await
+        .unwrap();
     assert_eq!(delivered as u64, r["received_total"].as_u64().unwrap());
 }
 
@@ -67,8 +84,20 @@ async fn a_rate_limited_bench_on_three_nodes_loses_nothing() {
     let urls = urls.join(",");
     let r = tokio::task::spawn_blocking(move || {
         bench(&[
-            "--url", &urls, "--subscribers", "30", "--rooms", "6", "--publishers", "3",
-            "--rate", "300", "--duration", "1s", "--warmup", "200ms",
+            "--url",
+            &urls,
+            "--subscribers",
+            "30",
+            "--rooms",
+            "6",
+            "--publishers",
+            "3",
+            "--rate",
+            "300",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
         ])
     })
     .await
@@ -84,8 +113,19 @@ async fn idle_mode_connects_and_joins_everyone() {
     let url = node.ws_url();
     let r = tokio::task::spawn_blocking(move || {
         bench(&[
-            "--url", &url, "--idle", "--subscribers", "200", "--rooms", "50", "--duration",
-            "200ms", "--warmup", "0s", "--source-ips", "127.0.0.1,127.0.0.2",
+            "--url",
+            &url,
+            "--idle",
+            "--subscribers",
+            "200",
+            "--rooms",
+            "50",
+            "--duration",
+            "200ms",
+            "--warmup",
+            "0s",
+            "--source-ips",
+            "127.0.0.1,127.0.0.2",
         ])
     })
     .await
@@ -99,7 +139,14 @@ async fn idle_mode_connects_and_joins_everyone() {
 #[test]
 fn a_bench_against_nothing_fails_cleanly() {
     let out = std::process::Command::new(bin())
-        .args(["bench", "--quiet", "--url", "ws://127.0.0.1:1/ws", "--subscribers", "2"])
+        .args([
+            "bench",
+            "--quiet",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--subscribers",
+            "2",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -31,6 +31,17 @@ async fn welcome_ping_and_http_endpoints() {
     assert_eq!(cl["members"][0]["http"], node.http.to_string());
     node.wait_metric("roomcast_connections", |v| v == 1.0).await;
 
+    // The probe subcommand (container health checks) sees the same.
+    let probe = |path: &str| {
+        std::process::Command::new(bin())
+            .args(["probe", &format!("http://{}{path}", node.http)])
+            .status()
+            .unwrap()
+            .code()
+    };
+    assert_eq!(probe("/healthz"), Some(0));
+    assert_eq!(probe("/nope"), Some(1));
+
     // A plain GET on /ws is not a WebSocket handshake.
     assert_eq!(node.get("/ws").await.0, 400);
 }

@@ -817,7 +817,13 @@ fn leaving_while_the_join_waits_answers_the_join() {
     s.settle();
     let replies = s.replies(1);
     assert_eq!(replies.len(), 2, "one reply per request: {replies:?}");
-    assert!(matches!(&replies[0], Reply::Error { code: ErrorCode::BadRequest, .. }));
+    assert!(matches!(
+        &replies[0],
+        Reply::Error {
+            code: ErrorCode::BadRequest,
+            ..
+        }
+    ));
     assert!(matches!(&replies[1], Reply::Left { .. }));
     assert_eq!(s.nodes[&node("b")].member_rooms(), 0);
 }

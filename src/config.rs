@@ -45,6 +45,10 @@ pub struct Config {
     /// from the listen address (containers, NAT). The listen ports are kept.
     #[serde(deserialize_with = "opt_string_like")]
     pub advertise: Option<String>,
+    /// WebSocket URL clients should use to reach this node, sent in reconnect hints when
+    /// another node drains (default `ws://ADVERTISED_HTTP/ws`).
+    #[serde(deserialize_with = "opt_string_like")]
+    pub public_url: Option<String>,
     /// Seed addresses (`host:port` of other nodes' cluster ports). Repeatable; in env and TOML
     /// a comma-separated string or a list.
     #[serde(deserialize_with = "string_or_list")]
@@ -97,6 +101,9 @@ pub struct Config {
     /// Bound on the whole shutdown: clients are closed with 1001 and the process exits by then.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// When draining, how long clients get to follow the reconnect hint before 1001.
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
     /// HTTP worker threads (each runs its connections' actors). 0 = number of CPUs.
     pub workers: usize,
     /// Room shards (each owns the routing state of its rooms). 0 = number of CPUs.
@@ -115,6 +122,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             cluster_listen: SocketAddr::from(([127, 0, 0, 1], 7946)),
             advertise: None,
+            public_url: None,
             seed: Vec::new(),
             cluster_id: "roomcast".to_string(),
             cluster_secret_file: None,
@@ -135,7 +143,8 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_max_missed: 2,
             request_timeout: Duration::from_secs(5),
-            shutdown_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(20),
+            drain_grace: Duration::from_secs(5),
             workers: 0,
             shards: 0,
             log_level: "info".to_string(),
@@ -237,6 +246,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// WebSocket URL clients should use for this node in reconnect hints [default: ws://ADVERTISED_HTTP/ws].
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
     /// Seed node cluster address host:port (repeatable; a DNS name may list many nodes).
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -332,13 +345,20 @@ pub struct ServeArgs {
         with = "humantime_serde::option"
     )]
     pub request_timeout: Option<Duration>,
-    /// Bound on the whole shutdown [default: 10s].
+    /// Bound on the whole shutdown (drain included) [default: 20s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(
         skip_serializing_if = "Option::is_none",
         with = "humantime_serde::option"
     )]
     pub shutdown_timeout: Option<Duration>,
+    /// When draining, time clients get to follow the reconnect hint before 1001 [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub drain_grace: Option<Duration>,
     /// HTTP worker threads, 0 = CPUs [default: 0].
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -497,6 +517,7 @@ impl Config {
             ("heartbeat_interval", self.heartbeat_interval),
             ("request_timeout", self.request_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
+            ("drain_grace", self.drain_grace),
             ("gossip_interval", self.gossip_interval),
             ("failure_timeout", self.failure_timeout),
         ];
@@ -533,6 +554,23 @@ impl Config {
                      anyone who can reach it could join the cluster. Set cluster_secret_file, \
                      or pass --insecure to run unauthenticated anyway",
                     self.cluster_listen
+                ),
+            ));
+        }
+        if let Some(u) = &self.public_url
+            && !(u.starts_with("ws://") || u.starts_with("wss://"))
+        {
+            return Err(invalid(
+                "public_url",
+                format!("{u:?} is not a ws:// or wss:// URL"),
+            ));
+        }
+        if self.drain_grace >= self.shutdown_timeout {
+            return Err(invalid(
+                "drain_grace",
+                format!(
+                    "must be shorter than shutdown_timeout ({})",
+                    humantime::format_duration(self.shutdown_timeout)
                 ),
             ));
         }

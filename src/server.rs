@@ -60,6 +60,14 @@ impl ConnRegistry {
         self.len() == 0
     }
 
+    /// Queues a notice for every connection (e.g. the reconnect hint of a drain).
+    pub fn send_all(&self, frame: bytestring::ByteString) {
+        let g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, outbox) in g.values() {
+            let _ = outbox.text(frame.clone(), crate::session::TextKind::Control);
+        }
+    }
+
     /// Starts closing every connection with `reason`.
     pub fn close_all(&self, reason: CloseReason) {
         let g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
@@ -87,6 +95,9 @@ pub struct NodeContext {
     pub cluster_addr: String,
     /// The membership views (this node's own view of the cluster).
     pub views: watch::Receiver<Arc<ClusterView>>,
+    /// Wakes the membership follower to re-apply the view (drain started).
+    pub view_nudge: tokio::sync::Notify,
+    pub peers: Peers,
     pub membership: Membership,
     pub started: Instant,
 }
@@ -174,6 +185,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 cluster_id: config.cluster_id.clone(),
                 advertise: gossip_addr,
                 http: http_addr.clone(),
+                ws: config
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("ws://{http_addr}/ws")),
                 seeds: config.seed.clone(),
                 gossip_interval: config.gossip_interval,
                 failure_timeout: config.failure_timeout,
@@ -223,6 +238,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             http_addr: http_addr.clone(),
             cluster_addr: cluster_addr.clone(),
             views: membership.views(),
+            view_nudge: tokio::sync::Notify::new(),
+            peers: peers.clone(),
             membership,
             started: Instant::now(),
         });
@@ -247,32 +264,55 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     result
 }
 
-/// Feeds membership changes to the links and the routers, and marks the node ready once it
-/// has met the cluster.
+/// Feeds membership changes to the links and the routers, and marks the node ready (in
+/// gossip too) once it has met the cluster: only ready nodes own rooms, so a node that just
+/// started never sequences a room it has not looked up with the others first.
 async fn follow_membership(node: Arc<NodeContext>, peers: Peers) {
     let mut views = node.views.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut announced = false;
     loop {
         let view = views.borrow_and_update().clone();
         peers.update_view(&view);
-        let mut eligible = view.eligible_owners();
-        if !eligible.contains(&node.node_id) && node.is_accepting() {
-            eligible.push(node.node_id.clone());
-        }
-        node.shards
-            .broadcast(|| Input::Members(eligible.clone()))
-            .await;
         if view.live().count() > 1 {
             node.cluster_ready.store(true, Ordering::Release);
         }
+        if node.cluster_ready.load(Ordering::Acquire) && !announced {
+            node.membership.set_ready(true).await;
+            announced = true;
+        }
+        apply_view(&node, &view).await;
         tokio::select! {
             r = views.changed() => if r.is_err() { return },
+            _ = node.view_nudge.notified() => {}
             _ = tokio::time::sleep_until(deadline), if !node.cluster_ready.load(Ordering::Acquire) => {
-                tracing::warn!("no other cluster member found yet; serving anyway");
+                if !node.config.seed.is_empty() {
+                    tracing::warn!("no other cluster member found yet; serving alone");
+                }
                 node.cluster_ready.store(true, Ordering::Release);
             }
         }
     }
+}
+
+/// Tells the routers who may own rooms now. This node counts while it is ready and not
+/// draining, whatever gossip has said about it so far.
+async fn apply_view(node: &NodeContext, view: &ClusterView) {
+    let mut eligible: Vec<NodeId> = view
+        .eligible_owners()
+        .into_iter()
+        .filter(|n| *n != node.node_id)
+        .collect();
+    if node.is_ready() {
+        eligible.push(node.node_id.clone());
+    }
+    let live: Vec<NodeId> = view.live().map(|m| m.id.clone()).collect();
+    node.shards
+        .broadcast(|| Input::View {
+            eligible: eligible.clone(),
+            live: live.clone(),
+        })
+        .await;
 }
 
 /// Publishes this node's connection count in gossip (for load-aware clients and dashboards).
@@ -379,20 +419,59 @@ async fn serve_http(
 
 async fn shutdown_on_signal(node: Arc<NodeContext>, server: actix_web::dev::ServerHandle) {
     wait_for_signal().await;
-    let timeout = node.config.shutdown_timeout;
-    tracing::info!(connections = node.conns.len(), ?timeout, "shutting down");
-    let deadline = Instant::now() + timeout;
-    // Keep accepting HTTP so probes get a clean 503 from /readyz; /ws refuses upgrades now.
+    let deadline = Instant::now() + node.config.shutdown_timeout;
+    // Stop taking clients; probes get a clean 503 from /readyz, /ws refuses upgrades.
     node.accepting.store(false, Ordering::Release);
-    node.conns.close_all(CloseReason::Shutdown);
-    while !node.conns.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let target = node.views.borrow().reconnect_target().cloned();
+    match target {
+        Some(t) => drain(&node, &t.ws, deadline).await,
+        None => {
+            tracing::info!(connections = node.conns.len(), "shutting down");
+            node.conns.close_all(CloseReason::Shutdown);
+            wait_for(deadline, || node.conns.is_empty()).await;
+        }
     }
     // Give writers a moment to put the close frames on the wire.
     let left = deadline.saturating_duration_since(Instant::now());
     tokio::time::sleep(left.min(Duration::from_millis(200))).await;
     tracing::info!(remaining = node.conns.len(), "stopped");
     server.stop(false).await;
+}
+
+/// Leaves the cluster without a reconnect storm and without losing acknowledged messages:
+/// marked draining in gossip (no longer an owner anywhere), rooms handed to their next owners,
+/// clients told where to reconnect (the least-loaded other node) and closed with 1001 after
+/// `drain_grace` if they did not go, then gossip stops.
+async fn drain(node: &NodeContext, url: &str, deadline: Instant) {
+    tracing::info!(connections = node.conns.len(), reconnect = %url, "draining");
+    node.membership.set_draining(true).await;
+    // Routers stop owning rooms now (this node is not ready any more) and hand them over.
+    node.view_nudge.notify_one();
+    // Let the other nodes see the draining flag before clients arrive there.
+    tokio::time::sleep(node.config.gossip_interval * 3 + Duration::from_millis(100)).await;
+    node.conns
+        .send_all(crate::protocol::encode::reconnect("draining", Some(url)));
+    let grace_end = (Instant::now() + node.config.drain_grace).min(deadline);
+    wait_for(grace_end, || node.conns.is_empty()).await;
+    node.conns.close_all(CloseReason::Draining);
+    wait_for(deadline, || node.conns.is_empty()).await;
+    // Handoffs must be on the wire before the links go.
+    wait_for(deadline, || {
+        node.shards.owned_rooms() == 0 && node.peers.queued_bytes() == 0
+    })
+    .await;
+    tracing::info!(
+        rooms_left = node.shards.owned_rooms(),
+        "rooms handed over; leaving the cluster"
+    );
+    node.membership.shutdown().await;
+}
+
+/// Polls `done` until it holds or `deadline` passes.
+async fn wait_for(deadline: Instant, done: impl Fn() -> bool) {
+    while !done() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn wait_for_signal() {

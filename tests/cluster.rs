@@ -8,6 +8,14 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
+/// Sets `flag`'s value in `args`, replacing it if present.
+fn set_arg(args: &mut Vec<String>, flag: &str, value: &str) {
+    match args.iter().position(|a| a == flag) {
+        Some(i) => args[i + 1] = value.to_string(),
+        None => args.extend([flag.to_string(), value.to_string()]),
+    }
+}
+
 /// Publishes until one publish is acknowledged (ownership may be moving), returning its seq.
 async fn publish_eventually(c: &mut Client, room: &str, data: Value) -> u64 {
     let deadline = std::time::Instant::now() + DEADLINE;
@@ -576,4 +584,139 @@ mod fake_peer {
         let mut c = node.connect().await;
         c.join("still-fine").await;
     }
+}
+
+#[tokio::test]
+async fn draining_a_node_hints_its_clients_and_hands_over_its_rooms() {
+    let mut c = Cluster::start(3, &["--publish-rate", "0", "--drain-grace", "3s"]).await;
+    let ids = c.ids();
+    let room = c.room_owned_by(2, &ids, "drained");
+    let mut on_victim = c.nodes[2].connect().await;
+    let j = on_victim.join(&room).await;
+    let epoch = j["epoch"].clone();
+    let mut elsewhere = c.nodes[0].connect().await;
+    elsewhere.join(&room).await;
+    let mut p = c.nodes[1].connect().await;
+    for i in 1..=5 {
+        p.publish(&room, json!(i)).await;
+    }
+    assert_eq!(seqs(&on_victim.events(&room, 5).await), vec![1, 2, 3, 4, 5]);
+    assert_eq!(seqs(&elsewhere.events(&room, 5).await), vec![1, 2, 3, 4, 5]);
+
+    c.nodes[2].signal("TERM");
+    // The victim's client is told where to go (the least-loaded other node), then closed.
+    let hint = loop {
+        let f = on_victim.recv_frame().await;
+        if f["type"] == "reconnect" {
+            break f;
+        }
+    };
+    assert_eq!(hint["reason"], "draining");
+    let url = hint["url"].as_str().unwrap().to_string();
+    assert!(
+        url == c.nodes[0].ws_url() || url == c.nodes[1].ws_url(),
+        "{url}"
+    );
+    assert_eq!(
+        on_victim.ended().await,
+        Ended::Closed(1001, "draining".into())
+    );
+    let st = c.nodes[2]
+        .wait_exit(Duration::from_secs(30))
+        .expect("exits");
+    assert!(st.success(), "{st:?}");
+
+    // Nothing acknowledged is lost and the room keeps its epoch: the state moved.
+    let seq = publish_eventually(&mut p, &room, json!(6)).await;
+    assert_eq!(seq, 6);
+    let e = elsewhere.events(&room, 1).await;
+    assert_eq!(
+        (e[0]["seq"].clone(), e[0]["epoch"].clone()),
+        (json!(6), epoch.clone())
+    );
+    let mut back = Client::connect(&url).await;
+    let r = back
+        .request(json!({"op":"join","room":room,"since":5,"epoch":epoch}))
+        .await;
+    assert_eq!(
+        (r["ok"].clone(), r["recovered"].clone()),
+        (json!(true), json!(true)),
+        "{r}"
+    );
+    assert_eq!(back.events(&room, 1).await[0]["seq"], 6);
+}
+
+#[tokio::test]
+async fn a_rolling_restart_under_traffic_loses_no_acknowledged_message() {
+    let mut c = Cluster::start(3, &["--publish-rate", "0", "--drain-grace", "2s"]).await;
+    let urls: Vec<String> = c.nodes.iter().map(|n| n.ws_url()).collect();
+    let urls = urls.join(",");
+    // Clients that follow reconnect hints and resume with `since`; --strict makes any loss of
+    // an acknowledged message, and any resume that is not recovered, a violation.
+    let bench = std::process::Command::new(bin())
+        .args([
+            "bench",
+            "--json",
+            "--quiet",
+            "--chaos",
+            "--strict",
+            "--url",
+            &urls,
+            "--subscribers",
+            "30",
+            "--rooms",
+            "6",
+            "--publishers",
+            "3",
+            "--rate",
+            "150",
+            "--warmup",
+            "1s",
+            "--duration",
+            "25s",
+            "--drain",
+            "10s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for i in 0..3 {
+        // Restart one node at a time, each once the cluster is whole again (seeded by a
+        // neighbour: node 0, the original seed, restarts too).
+        let mut args = c.nodes[i].args.clone();
+        args.extend([
+            "--seed".to_string(),
+            c.nodes[(i + 1) % 3].cluster.to_string(),
+        ]);
+        // Same addresses, as a real rolling restart would have (clients keep their URLs).
+        set_arg(&mut args, "--listen", &c.nodes[i].http.to_string());
+        set_arg(
+            &mut args,
+            "--cluster-listen",
+            &c.nodes[i].cluster.to_string(),
+        );
+        c.nodes[i].signal("TERM");
+        let st = c.nodes[i]
+            .wait_exit(Duration::from_secs(30))
+            .expect("drained in time");
+        assert!(st.success(), "node {i}: {st:?}");
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        c.nodes[i] = Node::start(&refs);
+        c.wait_converged().await;
+    }
+    let out = tokio::task::spawn_blocking(move || bench.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(r["acked_total"].as_u64().unwrap() > 1000, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["unrecovered"], 0, "{r}");
+    assert_eq!(r["gaps"], 0, "{r}");
+    assert_eq!(r["duplicated"], 0, "{r}");
+    assert_eq!(r["order_conflicts"], 0, "{r}");
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(r["reconnects"].as_u64().unwrap() > 0, "clients moved: {r}");
 }

@@ -611,7 +611,7 @@ async fn a_client_that_answers_pings_stays() {
 
 #[tokio::test]
 async fn sigterm_turns_readyz_503_closes_clients_with_1001_and_exits_0() {
-    let mut node = Node::start(&["--shutdown-timeout", "4s"]);
+    let mut node = Node::start(&["--shutdown-timeout", "4s", "--drain-grace", "1s"]);
     let mut c = node.connect().await;
     c.join("bye").await;
     // A silent raw client keeps the node in its shutdown window long enough to observe it.

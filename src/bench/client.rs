@@ -327,10 +327,10 @@ pub(crate) async fn publisher(shared: Arc<Shared>, j: usize) {
         None
     };
     let mut url_idx = j;
+    let mut url = shared.url(url_idx).to_string();
     let mut n: u64 = 0;
     let mut drain_deadline: Option<Instant> = None;
     'connection: loop {
-        let url = shared.url(url_idx).to_string();
         let mut ws = match connect(&shared, args.subscribers + j, &url).await {
             Ok(ws) => ws,
             Err(e) => {
@@ -342,6 +342,7 @@ pub(crate) async fn publisher(shared: Arc<Shared>, j: usize) {
                     return;
                 }
                 url_idx += 1;
+                url = shared.url(url_idx).to_string();
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -384,6 +385,7 @@ pub(crate) async fn publisher(shared: Arc<Shared>, j: usize) {
             if batch > 0 && ws.flush().await.is_err() {
                 shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 url_idx += 1;
+                url = shared.url(url_idx).to_string();
                 continue 'connection;
             }
             let wait_for_rate = interval.is_some() && inflight.len() < args.in_flight && !stopping;
@@ -401,6 +403,7 @@ pub(crate) async fn publisher(shared: Arc<Shared>, j: usize) {
                     }
                     shared.reconnects.fetch_add(1, Ordering::Relaxed);
                     url_idx += 1;
+                    url = shared.url(url_idx).to_string();
                     continue 'connection;
                 }
                 Some(Ok(_)) => continue,
@@ -409,8 +412,17 @@ pub(crate) async fn publisher(shared: Arc<Shared>, j: usize) {
                 continue;
             };
             if f.ty == Some("reconnect") {
+                // The node is draining: follow its hint (in-flight publishes still get their
+                // replies until it closes us, but they are given up here as unacknowledged).
                 shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                url_idx += 1;
+                url = match f.url {
+                    Some(u) => u.to_string(),
+                    None => {
+                        url_idx += 1;
+                        shared.url(url_idx).to_string()
+                    }
+                };
+                let _ = ws.close(None).await;
                 continue 'connection;
             }
             let (Some(id), Some(ok)) = (f.id, f.ok) else {

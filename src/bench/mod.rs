@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// check that all subscribers agree on one order per room.
     #[arg(long)]
     pub chaos: bool,
+    /// With --chaos: also count acknowledged messages that never arrived and resumes that were
+    /// not recovered as violations (for drains and rolling restarts, which promise both).
+    #[arg(long)]
+    pub strict: bool,
     /// Connection handshakes in progress at once.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,

@@ -179,7 +179,8 @@ pub(crate) async fn build(shared: &Shared, m: Measures) -> Report {
         bench_cpu_s: m.cpu_s,
         rss_bytes_per_conn: rss_per_conn,
         rss_end_mb: m.rss_end.map(|b| b as f64 / 1048576.0),
-        ok: (a.chaos || lost == 0)
+        ok: (a.chaos && !a.strict || lost == 0)
+            && !(a.strict && results.iter().any(|r| r.unrecovered > 0))
             && duplicated == 0
             && reordered == 0
             && gaps == 0

@@ -37,6 +37,8 @@ const KEY_CLUSTER: &str = "cluster";
 const KEY_CONNS: &str = "conns";
 const KEY_DRAINING: &str = "draining";
 const KEY_VERSION: &str = "version";
+const KEY_READY: &str = "ready";
+const KEY_WS: &str = "ws";
 
 /// One member as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +49,11 @@ pub struct Member {
     pub http: String,
     /// Advertised cluster address (`host:port`; gossip UDP and internode TCP).
     pub cluster: String,
+    /// The WebSocket URL clients should use for this node (reconnect hints).
+    pub ws: String,
     pub live: bool,
+    /// The node has met the cluster and may own rooms.
+    pub ready: bool,
     pub draining: bool,
     pub connections: u64,
     pub version: String,
@@ -81,12 +87,19 @@ impl ClusterView {
         self.members.iter().filter(|m| m.live)
     }
 
-    /// Live members that may own rooms: not draining.
+    /// Live members that may own rooms: ready and not draining.
     pub fn eligible_owners(&self) -> Vec<NodeId> {
         self.live()
-            .filter(|m| !m.draining)
+            .filter(|m| m.ready && !m.draining)
             .map(|m| m.id.clone())
             .collect()
+    }
+
+    /// The least-loaded other member clients can be sent to (live, ready, not draining).
+    pub fn reconnect_target(&self) -> Option<&Member> {
+        self.live()
+            .filter(|m| m.id != self.me && m.ready && !m.draining)
+            .min_by_key(|m| (m.connections, m.id.clone()))
     }
 }
 
@@ -99,6 +112,8 @@ pub struct MembershipConfig {
     pub advertise: SocketAddr,
     /// Advertised HTTP address.
     pub http: String,
+    /// WebSocket URL for clients (reconnect hints).
+    pub ws: String,
     pub seeds: Vec<String>,
     pub gossip_interval: Duration,
     pub failure_timeout: Duration,
@@ -155,6 +170,8 @@ impl Membership {
             (KEY_CLUSTER.to_string(), cfg.advertise.to_string()),
             (KEY_CONNS.to_string(), "0".to_string()),
             (KEY_DRAINING.to_string(), "false".to_string()),
+            (KEY_READY.to_string(), "false".to_string()),
+            (KEY_WS.to_string(), cfg.ws.clone()),
             (
                 KEY_VERSION.to_string(),
                 env!("CARGO_PKG_VERSION").to_string(),
@@ -169,7 +186,9 @@ impl Membership {
             generation,
             http: cfg.http.clone(),
             cluster: cfg.advertise.to_string(),
+            ws: cfg.ws.clone(),
             live: true,
+            ready: false,
             draining: false,
             connections: 0,
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -197,6 +216,11 @@ impl Membership {
         self.set(KEY_CONNS, n.to_string()).await;
     }
 
+    /// Publishes that this node has met the cluster and may own rooms.
+    pub async fn set_ready(&self, ready: bool) {
+        self.set(KEY_READY, ready.to_string()).await;
+    }
+
     /// Publishes whether this node is draining.
     pub async fn set_draining(&self, draining: bool) {
         self.set(KEY_DRAINING, draining.to_string()).await;
@@ -214,8 +238,8 @@ impl Membership {
     }
 
     /// Stops gossiping (peers then see this node as dead after their failure timeout).
-    pub async fn shutdown(self) {
-        let _ = self.handle.shutdown().await;
+    pub async fn shutdown(&self) {
+        let _ = self.handle.initiate_shutdown();
     }
 }
 
@@ -277,7 +301,9 @@ fn build_view(c: &chitchat::Chitchat, me: &NodeId) -> ClusterView {
             generation: cid.generation_id,
             http: http.to_string(),
             cluster: cluster.to_string(),
+            ws: state.get(KEY_WS).unwrap_or("").to_string(),
             live,
+            ready: state.get(KEY_READY) == Some("true"),
             draining: state.get(KEY_DRAINING) == Some("true"),
             connections: state
                 .get(KEY_CONNS)
@@ -343,7 +369,9 @@ mod tests {
             generation: 1,
             http: String::new(),
             cluster: String::new(),
+            ws: String::new(),
             live,
+            ready: true,
             draining,
             connections: 0,
             version: String::new(),

@@ -87,7 +87,9 @@ async fn cluster(node: web::Data<NodeContext>) -> HttpResponse {
                 "http": m.http,
                 "cluster": m.cluster,
                 "live": m.live,
+                "ready": if me { node.is_ready() } else { m.ready },
                 "draining": if me { !node.is_accepting() } else { m.draining },
+                "ws": m.ws,
                 // This node's own count is exact; others' are as last gossiped (≈1 s old).
                 "connections": if me { node.conns.len() as u64 } else { m.connections },
                 "generation": m.generation,

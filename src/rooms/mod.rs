@@ -10,6 +10,7 @@
 //! go to the [`PeerSink`].
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -48,6 +49,8 @@ const BATCH: usize = 256;
 #[derive(Clone)]
 pub struct Shards {
     txs: Arc<[mpsc::Sender<Input<ConnHandle>>]>,
+    /// Rooms each shard owns, as of its last step (drain waits for zero).
+    owned: Arc<[AtomicUsize]>,
     rt: tokio::runtime::Handle,
 }
 
@@ -61,20 +64,27 @@ impl Shards {
         peers: Arc<dyn PeerSink>,
     ) -> Shards {
         let mut txs = Vec::with_capacity(n);
+        let owned: Arc<[AtomicUsize]> = (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect();
         for i in 0..n.max(1) {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
             let router = Router::new(me.clone(), cfg);
-            rt.spawn(run_shard(i, router, rx, peers.clone()));
+            rt.spawn(run_shard(i, router, rx, peers.clone(), owned.clone()));
             txs.push(tx);
         }
         Shards {
             txs: txs.into(),
+            owned,
             rt: rt.clone(),
         }
     }
 
     pub fn len(&self) -> usize {
         self.txs.len()
+    }
+
+    /// Rooms this node owns now (summed over shards).
+    pub fn owned_rooms(&self) -> usize {
+        self.owned.iter().map(|a| a.load(Ordering::Acquire)).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -92,7 +102,7 @@ impl Shards {
             | Input::Publish { room, .. }
             | Input::History { room, .. } => Some(room),
             Input::Peer { msg, .. } => Some(msg.room()),
-            Input::Members(_) | Input::PeerReset(_) | Input::Tick => None,
+            Input::Members(_) | Input::View { .. } | Input::PeerReset(_) | Input::Tick => None,
         }
     }
 
@@ -143,6 +153,7 @@ async fn run_shard(
     mut router: Router<ConnHandle>,
     mut rx: mpsc::Receiver<Input<ConnHandle>>,
     peers: Arc<dyn PeerSink>,
+    owned: Arc<[AtomicUsize]>,
 ) {
     let mut out: Vec<Action<ConnHandle>> = Vec::with_capacity(64);
     let mut tick = tokio::time::interval(TICK);
@@ -166,6 +177,7 @@ async fn run_shard(
                 reported.export(&router);
             }
         }
+        owned[idx].store(router.owned_rooms(), Ordering::Release);
     }
     tracing::debug!(shard = idx, "room shard stopped");
 }

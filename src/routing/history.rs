@@ -69,6 +69,11 @@ impl History {
         }
     }
 
+    /// Takes every entry out, oldest first (to hand the room to another owner).
+    pub fn drain(self) -> Vec<HistEntry> {
+        self.entries.into()
+    }
+
     /// Drops entries older than the age limit.
     pub fn expire(&mut self, now_us: u64, limits: &HistoryLimits) {
         let cutoff = now_us.saturating_sub(limits.max_age_ms.saturating_mul(1000));

@@ -11,7 +11,7 @@ use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
 use super::history::HistEntry;
-use crate::ids::{ConnName, Epoch, RoomId};
+use crate::ids::{ConnName, Epoch, NodeId, RoomId};
 
 /// An error carried back to a requester.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,7 +22,17 @@ pub enum PeerError {
     Unavailable,
 }
 
-/// One member ↔ owner message.
+/// A room's owner state, as handed from one owner to the next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomState {
+    pub epoch: Epoch,
+    pub seq: u64,
+    pub history: Vec<HistEntry>,
+    /// Nodes that had registered interest with the previous owner.
+    pub interested: Vec<NodeId>,
+}
+
+/// One member ↔ owner (or owner ↔ owner) message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerMsg {
     // ---- member → owner ----
@@ -89,6 +99,17 @@ pub enum PeerMsg {
         token: u64,
         error: PeerError,
     },
+
+    // ---- owner → owner ----
+    /// A node about to own `room` asks a node that may have owned it for its state.
+    HandoffQuery { room: RoomId },
+    /// The state of `room` (`None`: the sender has none). Sent in answer to `HandoffQuery`, or
+    /// unasked when the sender stops owning the room while alive (a node joined, or the
+    /// sender is draining). The sender stops sequencing the room before sending it.
+    Handoff {
+        room: RoomId,
+        state: Option<RoomState>,
+    },
 }
 
 impl PeerMsg {
@@ -104,7 +125,9 @@ impl PeerMsg {
             | PeerMsg::Event { room, .. }
             | PeerMsg::PublishAck { room, .. }
             | PeerMsg::HistoryResp { room, .. }
-            | PeerMsg::Refused { room, .. } => room,
+            | PeerMsg::Refused { room, .. }
+            | PeerMsg::HandoffQuery { room }
+            | PeerMsg::Handoff { room, .. } => room,
         }
     }
 
@@ -117,6 +140,7 @@ impl PeerMsg {
             PeerMsg::SubscribeAck { history, .. } | PeerMsg::HistoryResp { history, .. } => {
                 hist(history)
             }
+            PeerMsg::Handoff { state: Some(s), .. } => hist(&s.history),
             _ => 0,
         }
     }
@@ -133,6 +157,8 @@ impl PeerMsg {
             PeerMsg::PublishAck { .. } => "publish_ack",
             PeerMsg::HistoryResp { .. } => "history_resp",
             PeerMsg::Refused { .. } => "refused",
+            PeerMsg::HandoffQuery { .. } => "handoff_query",
+            PeerMsg::Handoff { .. } => "handoff",
         }
     }
 }

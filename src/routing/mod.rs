@@ -43,10 +43,10 @@ use crate::ids::{ConnId, ConnName, Epoch, NodeId, RoomId};
 use crate::protocol::ReqId;
 use crate::protocol::encode::Reply;
 pub use history::{HistEntry, HistoryLimits};
-pub use message::{PeerError, PeerMsg};
+pub use message::{PeerError, PeerMsg, RoomState};
 
 use member::{MemberRoom, PendingReq};
-use owner::OwnedRoom;
+use owner::{OwnedRoom, PendingOwnership};
 
 /// Router settings.
 #[derive(Debug, Clone, Copy)]
@@ -94,8 +94,15 @@ pub enum Input<H> {
     },
     /// A message from a peer node.
     Peer { from: NodeId, msg: PeerMsg },
-    /// The live members eligible to own rooms (this node included when it is eligible).
+    /// The live members eligible to own rooms, all of them also live (tests' shorthand for
+    /// `View` with `live = eligible`).
     Members(Vec<NodeId>),
+    /// The membership view: `eligible` may own rooms (live, ready, not draining; this node
+    /// included when it is eligible); `live` are all live members (draining ones too).
+    View {
+        eligible: Vec<NodeId>,
+        live: Vec<NodeId>,
+    },
     /// The link to `node` was reset: messages in flight either way may be lost.
     PeerReset(NodeId),
     /// Time passed: expire history, time out requests, retry resyncs.
@@ -154,8 +161,16 @@ pub struct Router<H> {
     /// Live members eligible to own rooms, sorted. Empty means "only me" (before the first
     /// membership view, a node serves alone).
     members: Vec<NodeId>,
+    /// All live members (eligible or draining), sorted.
+    live: Vec<NodeId>,
+    /// When the view last changed (handoffs are looked for only shortly after a change).
+    view_changed_us: u64,
     member_rooms: HashMap<RoomId, MemberRoom<H>>,
     owned: HashMap<RoomId, OwnedRoom>,
+    /// Rooms this node is about to own, waiting for a previous owner's state.
+    pending_owner: HashMap<RoomId, PendingOwnership>,
+    /// Rooms this node handed to another node, and until when it refuses requests for them.
+    moved: HashMap<RoomId, (NodeId, u64)>,
     /// Publishes and history reads waiting for the owner, by token.
     pending: HashMap<u64, PendingReq<H>>,
     next_token: u64,
@@ -170,8 +185,12 @@ impl<H: Clone> Router<H> {
             me,
             cfg,
             members: Vec::new(),
+            live: Vec::new(),
+            view_changed_us: 0,
             member_rooms: HashMap::new(),
             owned: HashMap::new(),
+            pending_owner: HashMap::new(),
+            moved: HashMap::new(),
             pending: HashMap::new(),
             next_token: 1,
             now_us: 0,
@@ -215,11 +234,12 @@ impl<H: Clone> Router<H> {
                 req,
             } => self.history(handle, room, since, limit, req, out),
             Input::Peer { from, msg } => self.on_peer(from, msg, out),
-            Input::Members(members) => self.set_members(members, out),
+            Input::Members(members) => self.set_members(members.clone(), members, out),
+            Input::View { eligible, live } => self.set_members(eligible, live, out),
             Input::PeerReset(node) => self.peer_reset(&node, out),
             Input::Tick => {
                 self.tick_members(out);
-                self.tick_owned();
+                self.tick_owned(out);
             }
         }
         // Messages this node sent to itself, in order, as if over an ordered link.
@@ -262,8 +282,9 @@ impl<H: Clone> Router<H> {
             .unwrap_or_else(|| self.me.clone())
     }
 
+    /// True if `node` is live in this node's view (before any view: everyone is assumed live).
     fn is_member(&self, node: &NodeId) -> bool {
-        node == &self.me || self.members.is_empty() || self.members.binary_search(node).is_ok()
+        node == &self.me || self.live.is_empty() || self.live.binary_search(node).is_ok()
     }
 
     fn token(&mut self) -> u64 {
@@ -330,22 +351,35 @@ impl<H: Clone> Router<H> {
                 recovered,
             } => self.on_history_resp(room, token, epoch, seq, history, recovered, out),
             PeerMsg::Refused { room, token, error } => self.on_refused(room, token, error, out),
+            PeerMsg::HandoffQuery { room } => self.on_handoff_query(from, room, out),
+            PeerMsg::Handoff { room, state } => self.on_handoff(from, room, state, out),
         }
     }
 
-    fn set_members(&mut self, mut members: Vec<NodeId>, out: &mut Vec<Action<H>>) {
-        members.sort();
-        members.dedup();
-        if members == self.members {
+    fn set_members(
+        &mut self,
+        mut eligible: Vec<NodeId>,
+        mut live: Vec<NodeId>,
+        out: &mut Vec<Action<H>>,
+    ) {
+        eligible.sort();
+        eligible.dedup();
+        live.extend(eligible.iter().cloned());
+        live.sort();
+        live.dedup();
+        if eligible == self.members && live == self.live {
             return;
         }
-        let old = std::mem::replace(&mut self.members, members);
-        let departed: Vec<NodeId> = old
+        self.members = eligible;
+        let old_live = std::mem::replace(&mut self.live, live);
+        self.view_changed_us = self.now_us;
+        // Nodes that are gone (not merely draining).
+        let departed: Vec<NodeId> = old_live
             .iter()
-            .filter(|n| self.members.binary_search(n).is_err())
+            .filter(|n| self.live.binary_search(n).is_err())
             .cloned()
             .collect();
         self.members_changed_member_side(&departed, out);
-        self.members_changed_owner_side(&departed);
+        self.members_changed_owner_side(&departed, out);
     }
 }

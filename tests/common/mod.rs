@@ -641,7 +641,7 @@ impl Cluster {
         self.nodes.iter().map(|n| n.id.clone()).collect()
     }
 
-    /// Waits until `node` sees exactly `ids` as its live members.
+    /// Waits until `node` sees exactly `ids` as its live and ready members.
     pub async fn wait_live_set(node: &Node, ids: &[String]) {
         let mut want: Vec<String> = ids.to_vec();
         want.sort();
@@ -652,7 +652,7 @@ impl Cluster {
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter(|m| m["live"] == true)
+                .filter(|m| m["live"] == true && m["ready"] == true)
                 .map(|m| m["id"].as_str().unwrap().to_string())
                 .collect();
             live.sort();

@@ -5,11 +5,16 @@
 //! member state — never a room, a connection or a node id. The recorder is
 //! `metrics-exporter-prometheus` without its HTTP listener; `/metrics` renders the
 //! [`PrometheusHandle`] from an actix route, and a background thread runs its upkeep.
+//! The one per-delivery metric, the delivery latency histogram, is kept here in fixed atomic
+//! buckets instead (the recorder would store every sample until the next scrape) and appended
+//! to the rendered text.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::{Counter, describe_counter, describe_gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::protocol::ErrorCode;
@@ -34,7 +39,7 @@ pub const INTERNODE_REJECTED: &str = "roomcast_internode_rejected_total";
 pub const INTERNODE_DROPPED: &str = "roomcast_internode_queue_overflows_total";
 
 /// Histogram buckets for latencies, in seconds (50 µs … 5 s).
-const LATENCY_BUCKETS: &[f64] = &[
+pub const LATENCY_BUCKETS: [f64; 16] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0,
 ];
@@ -45,7 +50,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), LATENCY_BUCKETS)
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), &LATENCY_BUCKETS)
                 .map_err(|e| e.to_string())?
                 .install_recorder()
                 .map_err(|e| e.to_string())?;
@@ -72,11 +77,6 @@ fn describe() {
     describe_counter!(
         DELIVERED,
         "Event frames written to client sockets on this node"
-    );
-    describe_histogram!(
-        DELIVERY_LATENCY,
-        Unit::Seconds,
-        "Time from the owner accepting a publish to the event being written to a socket"
     );
     describe_counter!(
         SLOW_CONSUMERS,
@@ -146,9 +146,73 @@ pub fn delivered_counter() -> Counter {
     metrics::counter!(DELIVERED)
 }
 
-/// The delivery latency histogram (the writer task records into it).
-pub fn delivery_latency() -> Histogram {
-    metrics::histogram!(DELIVERY_LATENCY)
+/// The delivery latency histogram, kept here rather than in the recorder: it is recorded for
+/// every delivery, and the recorder's histograms store every sample until the next scrape.
+/// Writers add whole batches ([`LatencyBatch`]); `/metrics` appends it to the recorder's text.
+struct LatencyHistogram {
+    /// Cumulative per bound is computed when rendering; these are per-bucket counts, the last
+    /// one for +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+static LATENCY: LatencyHistogram = LatencyHistogram {
+    buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64::new(0),
+};
+
+/// Latencies of one write batch, grouped by bucket (microseconds).
+#[derive(Default)]
+pub struct LatencyBatch {
+    counts: [u64; LATENCY_BUCKETS.len() + 1],
+    sum_us: u64,
+}
+
+impl LatencyBatch {
+    pub fn add(&mut self, us: u64) {
+        let secs = us as f64 / 1e6;
+        let i = LATENCY_BUCKETS.partition_point(|b| *b < secs);
+        self.counts[i] += 1;
+        self.sum_us += us;
+    }
+
+    /// Adds the batch to the node's histogram and clears it.
+    pub fn flush(&mut self) {
+        if self.sum_us == 0 && self.counts.iter().all(|c| *c == 0) {
+            return;
+        }
+        for (i, c) in self.counts.iter_mut().enumerate() {
+            if *c > 0 {
+                LATENCY.buckets[i].fetch_add(*c, Ordering::Relaxed);
+                *c = 0;
+            }
+        }
+        LATENCY.sum_us.fetch_add(self.sum_us, Ordering::Relaxed);
+        self.sum_us = 0;
+    }
+}
+
+/// The delivery latency histogram in Prometheus text format.
+pub fn render_latency(out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "# HELP {DELIVERY_LATENCY} Time from the owner accepting a publish to the event being written to a socket"
+    );
+    let _ = writeln!(out, "# TYPE {DELIVERY_LATENCY} histogram");
+    let mut cumulative = 0u64;
+    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += LATENCY.buckets[i].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{DELIVERY_LATENCY}_bucket{{le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    cumulative += LATENCY.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+    let _ = writeln!(out, "{DELIVERY_LATENCY}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let sum = LATENCY.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+    let _ = writeln!(out, "{DELIVERY_LATENCY}_sum {sum}");
+    let _ = writeln!(out, "{DELIVERY_LATENCY}_count {cumulative}");
 }
 
 pub fn protocol_error(code: ErrorCode) {
@@ -188,4 +252,32 @@ pub fn internode_traffic(direction: &'static str) -> (Counter, Counter) {
         metrics::counter!(INTERNODE_MESSAGES, "direction" => direction),
         metrics::counter!(INTERNODE_BYTES, "direction" => direction),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histogram_renders_cumulative_buckets() {
+        let mut b = LatencyBatch::default();
+        b.add(40); // 40 µs: first bucket (≤ 50 µs)
+        b.add(700); // ≤ 1 ms
+        b.add(9_000_000); // 9 s: +Inf
+        b.flush();
+        let mut out = String::new();
+        render_latency(&mut out);
+        let line = |le: &str| {
+            out.lines()
+                .find(|l| l.contains(&format!("le=\"{le}\"")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap()
+        };
+        assert!(line("0.00005") >= 1);
+        assert!(line("0.001") >= line("0.00005") + 1);
+        assert!(line("+Inf") >= line("5") + 1);
+        assert!(out.contains("roomcast_delivery_latency_seconds_count"));
+        assert!(out.contains("# TYPE roomcast_delivery_latency_seconds histogram"));
+    }
 }

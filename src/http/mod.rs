@@ -70,9 +70,11 @@ async fn readyz(node: web::Data<NodeContext>) -> HttpResponse {
 }
 
 async fn metrics(node: web::Data<NodeContext>) -> HttpResponse {
+    let mut text = node.metrics.render();
+    crate::metrics::render_latency(&mut text);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(node.metrics.render())
+        .body(text)
 }
 
 async fn cluster(node: web::Data<NodeContext>) -> HttpResponse {

@@ -14,16 +14,17 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::web::Bytes;
 use bytestring::ByteString;
+use crossbeam_queue::SegQueue;
 use futures_util::SinkExt;
 use futures_util::task::AtomicWaker;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use super::CloseReason;
 use crate::metrics as m;
@@ -72,69 +73,105 @@ pub enum PushError {
 }
 
 struct Shared {
-    bytes: AtomicUsize,
+    /// The frames, in push order. Lock-free: producers (room shards, the actor) never block
+    /// each other or the writer.
+    queue: SegQueue<Frame>,
+    /// Frames and bytes queued, packed in one word so a push or pop is one atomic operation:
+    /// count in the high 24 bits, bytes in the low 40.
+    load: AtomicU64,
+    max_messages: usize,
     max_bytes: usize,
     /// 0 while open, else a `CloseReason` code + 1.
     close: AtomicU8,
-    wake: Notify,
+    /// The writer's waker, and whether it is parked (so producers wake it only then).
+    waker: AtomicWaker,
+    parked: AtomicBool,
+}
+
+impl Shared {
+    fn wake(&self) {
+        // A plain load first: under load the writer is busy, and the swap (a locked
+        // instruction) is skipped.
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            self.waker.wake();
+        }
+    }
+
+    fn pop(&self) -> Option<Frame> {
+        let f = self.queue.pop()?;
+        self.load.fetch_sub(pack(1, f.cost()), Ordering::AcqRel);
+        Some(f)
+    }
+
+    fn is_closing(&self) -> bool {
+        self.close.load(Ordering::Acquire) != 0
+    }
+
+    /// Waits until a frame is queued or the outbox is closing.
+    async fn ready(&self) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            self.parked.store(true, Ordering::SeqCst);
+            if !self.queue.is_empty() || self.is_closing() {
+                self.parked.store(false, Ordering::SeqCst);
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 /// The producer side of a connection's outbound queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Frame>,
     shared: Arc<Shared>,
 }
 
 /// The consumer side, handed to [`run_writer`].
 pub struct OutboxReceiver {
-    rx: mpsc::Receiver<Frame>,
     shared: Arc<Shared>,
 }
 
 /// Creates an outbox bounded by `max_messages` and `max_bytes`.
 pub fn outbox(max_messages: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::channel(max_messages.max(1));
     let shared = Arc::new(Shared {
-        bytes: AtomicUsize::new(0),
-        max_bytes,
+        queue: SegQueue::new(),
+        load: AtomicU64::new(0),
+        max_messages: max_messages.clamp(1, MAX_COUNT),
+        max_bytes: max_bytes.min(MAX_BYTES),
         close: AtomicU8::new(0),
-        wake: Notify::new(),
+        waker: AtomicWaker::new(),
+        parked: AtomicBool::new(false),
     });
     (
         Outbox {
-            tx,
             shared: shared.clone(),
         },
-        OutboxReceiver { rx, shared },
+        OutboxReceiver { shared },
     )
 }
 
 impl Outbox {
     /// Queues a frame without waiting. On overflow the connection is closed as a slow consumer.
     pub fn push(&self, frame: Frame) -> Result<(), PushError> {
-        if self.shared.close.load(Ordering::Acquire) != 0 {
+        let sh = &*self.shared;
+        if sh.is_closing() {
             return Err(PushError::Closed);
         }
-        let cost = frame.cost();
-        let before = self.shared.bytes.fetch_add(cost, Ordering::AcqRel);
-        if before + cost > self.shared.max_bytes && before > 0 {
-            self.shared.bytes.fetch_sub(cost, Ordering::AcqRel);
+        let cost = frame.cost().min(MAX_BYTES);
+        let (n, before) = unpack(sh.load.fetch_add(pack(1, cost), Ordering::AcqRel));
+        // One frame larger than the byte bound still goes when the queue is empty (a big
+        // history reply on an idle connection).
+        if n >= sh.max_messages || (before + cost > sh.max_bytes && before > 0) {
+            sh.load.fetch_sub(pack(1, cost), Ordering::AcqRel);
             self.overflow();
             return Err(PushError::Overflow);
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.bytes.fetch_sub(cost, Ordering::AcqRel);
-                self.overflow();
-                Err(PushError::Overflow)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.shared.bytes.fetch_sub(cost, Ordering::AcqRel);
-                Err(PushError::Closed)
-            }
-        }
+        sh.queue.push(frame);
+        sh.wake();
+        Ok(())
     }
 
     /// Queues a text frame.
@@ -158,7 +195,8 @@ impl Outbox {
             .compare_exchange(0, reason as u8 + 1, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if set {
-            self.shared.wake.notify_one();
+            self.shared.parked.store(false, Ordering::SeqCst);
+            self.shared.waker.wake();
         }
         set
     }
@@ -170,8 +208,20 @@ impl Outbox {
 
     /// Bytes queued now (for tests and diagnostics).
     pub fn queued_bytes(&self) -> usize {
-        self.shared.bytes.load(Ordering::Acquire)
+        unpack(self.shared.load.load(Ordering::Acquire)).1
     }
+}
+
+const BYTES_BITS: u32 = 40;
+const MAX_BYTES: usize = (1 << BYTES_BITS) - 1;
+const MAX_COUNT: usize = (1 << (64 - BYTES_BITS)) - 1;
+
+fn pack(count: usize, bytes: usize) -> u64 {
+    ((count as u64) << BYTES_BITS) | bytes as u64
+}
+
+fn unpack(v: u64) -> (usize, usize) {
+    ((v >> BYTES_BITS) as usize, (v & MAX_BYTES as u64) as usize)
 }
 
 /// Makes actix drop a connection whose response body is still streaming (a client that stopped
@@ -252,39 +302,34 @@ const BATCH: usize = 256;
 /// worker thread (the session is bound to it).
 pub async fn run_writer(
     mut session: actix_ws::Session,
-    mut rx: OutboxReceiver,
+    rx: OutboxReceiver,
     abort: Arc<AbortSignal>,
     grace: Duration,
     actor: actix::Recipient<super::CloseNow>,
 ) {
-    let shared = rx.shared.clone();
-    let latency = m::delivery_latency();
+    let shared = rx.shared;
     let delivered = m::delivered_counter();
-    let mut lat_buf: Vec<u64> = Vec::new();
-    let mut replays: u64 = 0;
-    'run: loop {
-        if shared.close.load(Ordering::Acquire) != 0 {
+    let mut lat = m::LatencyBatch::default();
+    loop {
+        shared.ready().await;
+        if shared.is_closing() {
             break;
         }
-        let first = tokio::select! {
-            biased;
-            _ = shared.wake.notified() => continue 'run,
-            f = rx.rx.recv() => match f {
-                Some(f) => f,
-                None => break 'run,
-            },
-        };
-        // Write `first` and whatever else is queued, then flush once; stop at once on close.
+        // Write what is queued, then flush once; stop at once on close.
         let write = async {
-            let mut next = Some(first);
+            let now = crate::now_us();
             let mut n = 0usize;
-            while let Some(f) = next.take() {
-                shared.bytes.fetch_sub(f.cost(), Ordering::AcqRel);
+            let mut events = 0u64;
+            while n < BATCH {
+                let Some(f) = shared.pop() else { break };
                 let msg = match f {
                     Frame::Text { text, kind } => {
                         match kind {
-                            TextKind::Event { accepted_us } => lat_buf.push(accepted_us),
-                            TextKind::Replay => replays += 1,
+                            TextKind::Event { accepted_us } => {
+                                events += 1;
+                                lat.add(now.saturating_sub(accepted_us));
+                            }
+                            TextKind::Replay => events += 1,
                             TextKind::Control => {}
                         }
                         actix_ws::Message::Text(text)
@@ -294,28 +339,18 @@ pub async fn run_writer(
                 };
                 session.feed(msg).await?;
                 n += 1;
-                if n < BATCH {
-                    next = rx.rx.try_recv().ok();
-                }
+            }
+            if events > 0 {
+                delivered.increment(events);
             }
             session.flush().await
         };
         let result = tokio::select! {
             biased;
-            _ = shared.wake.notified() => Ok(()),
+            _ = closing(&shared) => Ok(()),
             r = write => r,
         };
-        if replays > 0 {
-            delivered.increment(replays);
-            replays = 0;
-        }
-        if !lat_buf.is_empty() {
-            let now = crate::now_us();
-            delivered.increment(lat_buf.len() as u64);
-            for a in lat_buf.drain(..) {
-                latency.record(now.saturating_sub(a) as f64 / 1e6);
-            }
-        }
+        lat.flush();
         if result.is_err() {
             // The socket is gone; nothing more can be written.
             let _ = shared.close.compare_exchange(
@@ -324,7 +359,7 @@ pub async fn run_writer(
                 Ordering::AcqRel,
                 Ordering::Acquire,
             );
-            rx.rx.close();
+            while shared.pop().is_some() {}
             actor.do_send(super::CloseNow(CloseReason::Normal));
             return;
         }
@@ -332,14 +367,13 @@ pub async fn run_writer(
     // Closing. A slow consumer's queue is discarded (it is the problem); otherwise what is
     // queued (e.g. the error replies that led to the close) goes out before the close frame.
     // The client gets `grace` to take it all before the connection is cut.
-    rx.rx.close();
     let reason =
         CloseReason::from_u8(shared.close.load(Ordering::Acquire)).unwrap_or(CloseReason::Normal);
     // The actor stops too (a no-op if it is the one that closed); one message per connection.
     actor.do_send(super::CloseNow(reason));
     let flush_and_close = async {
         if reason != CloseReason::SlowConsumer {
-            while let Ok(f) = rx.rx.try_recv() {
+            while let Some(f) = shared.pop() {
                 let msg = match f {
                     Frame::Text { text, .. } => actix_ws::Message::Text(text),
                     Frame::Ping | Frame::Pong(_) => continue,
@@ -356,9 +390,24 @@ pub async fn run_writer(
         // reads it, cut the connection after the grace period.
         let _ = tokio::time::timeout(grace, abort.finished()).await;
     }
-    while rx.rx.try_recv().is_ok() {}
-    shared.bytes.store(0, Ordering::Release);
+    while shared.pop().is_some() {}
     abort.abort();
+}
+
+/// Resolves once the outbox is closing.
+async fn closing(shared: &Shared) {
+    std::future::poll_fn(|cx| {
+        if shared.is_closing() {
+            return Poll::Ready(());
+        }
+        shared.waker.register(cx.waker());
+        if shared.is_closing() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

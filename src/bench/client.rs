@@ -92,13 +92,15 @@ struct Position {
     loose: bool,
 }
 
+/// Latency samples a client keeps before adding them to the shared histogram.
+pub(crate) const MERGE_EVERY: u64 = 4096;
+
 /// One subscriber: join, check deliveries, and (with --chaos) reconnect and resume.
 pub(crate) async fn subscriber(shared: Arc<Shared>, i: usize, joined: mpsc::Sender<bool>) {
     let room_idx = i % shared.args.rooms;
     let room = shared.room(room_idx);
     let mut res = SubResult::default();
     let mut hist = new_hist();
-    let mut last_merge = Instant::now();
     let mut pos = Position::default();
     let mut last_n: HashMap<u64, u64> = HashMap::new();
     let mut url: String = shared.url(i).to_string();
@@ -140,22 +142,19 @@ pub(crate) async fn subscriber(shared: Arc<Shared>, i: usize, joined: mpsc::Send
         if ws.send(Message::Text(join.clone().into())).await.is_err() {
             continue;
         }
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut stop = shared.stop_signal.subscribe();
         loop {
+            if *stop.borrow_and_update() {
+                let _ = ws.close(None).await;
+                break 'connection;
+            }
+            if hist.len() >= MERGE_EVERY {
+                let _ = shared.hist.lock().await.add(&hist);
+                hist.reset();
+            }
             let msg = tokio::select! {
                 m = ws.next() => m,
-                _ = tick.tick() => {
-                    if shared.stop.load(Ordering::Acquire) {
-                        let _ = ws.close(None).await;
-                        break 'connection;
-                    }
-                    if hist.len() > 0 && last_merge.elapsed() > Duration::from_secs(1) {
-                        let _ = shared.hist.lock().await.add(&hist);
-                        hist.reset();
-                        last_merge = Instant::now();
-                    }
-                    continue;
-                }
+                _ = stop.changed() => continue,
             };
             let text = match msg {
                 Some(Ok(Message::Text(t))) => t,

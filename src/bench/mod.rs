@@ -122,6 +122,8 @@ pub(crate) struct Shared {
     pub stop_publishing: AtomicBool,
     /// Subscribers stop when set.
     pub stop: AtomicBool,
+    /// Wakes subscribers to stop (a per-client timer would cost more than the clients do).
+    pub stop_signal: tokio::sync::watch::Sender<bool>,
     pub window_start_us: AtomicU64,
     pub published_in_window: AtomicU64,
     pub delivered_in_window: AtomicU64,
@@ -179,6 +181,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         measuring: AtomicBool::new(false),
         stop_publishing: AtomicBool::new(false),
         stop: AtomicBool::new(false),
+        stop_signal: tokio::sync::watch::Sender::new(false),
         window_start_us: AtomicU64::new(u64::MAX),
         published_in_window: AtomicU64::new(0),
         delivered_in_window: AtomicU64::new(0),
@@ -237,6 +240,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
     let connect_s = connect_start.elapsed().as_secs_f64();
     if failed > 0 && !args.chaos {
         shared.stop.store(true, Ordering::Release);
+        shared.stop_signal.send_replace(true);
         anyhow::bail!(
             "{failed} of {} subscribers could not connect and join (see warnings above)",
             args.subscribers
@@ -316,6 +320,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     shared.stop.store(true, Ordering::Release);
+    shared.stop_signal.send_replace(true);
     for s in subs {
         let _ = s.await;
     }

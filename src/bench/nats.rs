@@ -100,7 +100,6 @@ pub(crate) async fn subscriber(shared: Arc<Shared>, i: usize, joined: mpsc::Send
     let subject = shared.room(room_idx);
     let mut res = SubResult::default();
     let mut hist = new_hist();
-    let mut last_merge = Instant::now();
     let mut last_n: HashMap<u64, u64> = HashMap::new();
     let url = shared.url(i).to_string();
     let mut ws = match connect(&shared, i, &url).await {
@@ -118,21 +117,18 @@ pub(crate) async fn subscriber(shared: Arc<Shared>, i: usize, joined: mpsc::Send
     }
     let mut parser = Parser::default();
     let mut pongs = 0;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut stop = shared.stop_signal.subscribe();
     loop {
+        if *stop.borrow_and_update() {
+            break;
+        }
+        if hist.len() >= super::client::MERGE_EVERY {
+            let _ = shared.hist.lock().await.add(&hist);
+            hist.reset();
+        }
         let msg = tokio::select! {
             m = ws.next() => m,
-            _ = tick.tick() => {
-                if shared.stop.load(Ordering::Acquire) {
-                    break;
-                }
-                if hist.len() > 0 && last_merge.elapsed() > Duration::from_secs(1) {
-                    let _ = shared.hist.lock().await.add(&hist);
-                    hist.reset();
-                    last_merge = Instant::now();
-                }
-                continue;
-            }
+            _ = stop.changed() => continue,
         };
         let Some(Ok(m)) = msg else {
             res.disconnected = true;

@@ -17,7 +17,8 @@
 #   e  connect storm: 10,000 clients connect and join, time until all are joined
 #
 # Needs nats-server (Debian package `nats-server`; installed here with apt-get if missing).
-# Env: SCENARIOS (default "a b c d e"), SKIP_NATS=1, ROOMCAST_BIN.
+# Env: SCENARIOS (default "a b c d e"; results of other scenarios in bench-results/ are kept),
+# TABLE_SCENARIOS (scenarios in the table; default SCENARIOS), SKIP_NATS=1, ROOMCAST_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats="${1:-3}"
@@ -25,7 +26,7 @@ duration="${2:-10s}"
 scenarios="${SCENARIOS:-a b c d e}"
 out=bench-results
 mkdir -p "$out"
-rm -f "$out"/*.json
+for s in $scenarios; do rm -f "$out/$s"-*.json "$out/$s"-*.cmd; done
 
 if [ -z "${SKIP_NATS:-}" ] && ! command -v nats-server >/dev/null; then
   echo "bench: installing nats-server from Debian's packages"
@@ -149,6 +150,19 @@ pids_of() {
   esac
 }
 
+# Scenarios d and e measure a node's memory and accept path: each run gets a fresh process
+# (memory freed by earlier runs would otherwise be reused and hide the cost).
+restart_single() { # rc1 | nats1
+  local pid
+  pid=$(pids_of "$1")
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  case $1 in
+  rc1) rc_start rc1 21081 21946 "" && wait_port 127.0.0.1 21081 ;;
+  nats1) nats_start nats1 22091 22081 0 && wait_port 127.0.0.1 22081 ;;
+  esac
+}
+
 failed=0
 for s in $scenarios; do
   for t in $(targets_for "$s"); do
@@ -156,6 +170,7 @@ for s in $scenarios; do
     proto=roomcast
     case $t in nats*) proto=nats ;; esac
     for r in $(seq 1 "$repeats"); do
+      case $s in d | e) restart_single "$t" ;; esac
       # shellcheck disable=SC2046
       cmd="$bin bench --json --quiet --proto $proto --url $(url_of $t) $(scenario_args $s) --rss-pid $(pids_of $t)"
       echo "bench: [$s/$t run $r] $cmd" >&2
@@ -168,7 +183,7 @@ for s in $scenarios; do
   done
 done
 
-python3 scripts/bench_table.py "$out" "$repeats" "$scenarios" >"$out/bench.md"
+python3 scripts/bench_table.py "$out" "$repeats" "${TABLE_SCENARIOS:-$scenarios}" >"$out/bench.md"
 cat "$out/bench.md"
 if [ "$failed" != 0 ]; then
   echo "bench: FAILED — a run lost, duplicated or reordered messages (see $out/*.json)" >&2

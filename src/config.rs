@@ -574,13 +574,13 @@ impl Config {
                 ),
             ));
         }
-        if let Some(a) = &self.advertise {
-            if a.is_empty() || a.contains('/') || a.contains(' ') {
-                return Err(invalid(
-                    "advertise",
-                    format!("{a:?} is not a host name or IP"),
-                ));
-            }
+        if let Some(a) = &self.advertise
+            && (a.is_empty() || a.contains('/') || a.contains(' '))
+        {
+            return Err(invalid(
+                "advertise",
+                format!("{a:?} is not a host name or IP"),
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| invalid("log_level", e.to_string()))?;

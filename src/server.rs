@@ -73,6 +73,7 @@ impl ConnRegistry {
         let g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         for (actor, outbox) in g.values() {
             outbox.close(reason);
+            // One message per connection, once: bounded by the connection count.
             actor.do_send(CloseNow(reason));
         }
     }

@@ -304,7 +304,7 @@ pub(crate) async fn subscriber(shared: Arc<Shared>, i: usize, joined: mpsc::Send
             }
         }
     }
-    if hist.len() > 0 {
+    if !hist.is_empty() {
         let _ = shared.hist.lock().await.add(&hist);
     }
     shared.results.lock().await.push(res);

@@ -637,10 +637,10 @@ fn forget_inbound(peers: &Peers, peer: &NodeId, conn_id: u64) {
 
 /// Checks what the routing layer trusts a message to be (it writes `data` into client frames).
 fn validate(msg: &PeerMsg) -> Result<(), &'static str> {
-    if let PeerMsg::Publish { data, .. } = msg {
-        if serde_json::from_str::<serde::de::IgnoredAny>(data).is_err() {
-            return Err("publish data is not JSON");
-        }
+    if let PeerMsg::Publish { data, .. } = msg
+        && serde_json::from_str::<serde::de::IgnoredAny>(data).is_err()
+    {
+        return Err("publish data is not JSON");
     }
     Ok(())
 }

@@ -376,7 +376,8 @@ mod tests {
         assert!(e.message.contains("limit"));
         let e = err(r#"{"id":7,"op":"join","room":"a","epoch":"x\"y"}"#);
         assert!(e.message.contains("epoch"));
-        for e in [err(r#"{"id":7,"op":"join"}"#)] {
+        {
+            let e = err(r#"{"id":7,"op":"join"}"#);
             assert_eq!(e.id.json(), "7");
             assert_eq!(e.code, ErrorCode::BadRequest);
         }

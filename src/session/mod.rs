@@ -386,11 +386,11 @@ impl Session {
 
 /// Writes a reply to `outbox`, counting errors by code.
 pub fn send_reply(outbox: &Outbox, id: &ReqId, reply: &Reply) {
-    if let Reply::Error { code, .. } = reply {
-        if *code != ErrorCode::RateLimited {
-            // Rate-limit refusals are counted where they are decided.
-            m::protocol_error(*code);
-        }
+    if let Reply::Error { code, .. } = reply
+        && *code != ErrorCode::RateLimited
+    {
+        // Rate-limit refusals are counted where they are decided.
+        m::protocol_error(*code);
     }
     let _ = outbox.text(encode::reply(id, reply), TextKind::Control);
 }

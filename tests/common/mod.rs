@@ -187,10 +187,10 @@ impl Node {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let v = self.metric(series).await;
-            if let Some(v) = v {
-                if pred(v) {
-                    return v;
-                }
+            if let Some(v) = v
+                && pred(v)
+            {
+                return v;
             }
             assert!(Instant::now() < deadline, "metric {series} stuck at {v:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;

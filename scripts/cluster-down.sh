@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stops the nodes started by scripts/cluster-up.sh (only the PIDs it recorded): SIGTERM, then
-# SIGKILL for any still running after 15 s.
+# Stops the nodes started by scripts/cluster-up.sh (only the PIDs it recorded): SIGTERM (each
+# node drains: see README), then SIGKILL for any still running after 30 s (more than the
+# default shutdown_timeout of 20 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pids_file=.cluster/pids
@@ -10,7 +11,7 @@ if [ ! -s "$pids_file" ]; then
 fi
 pids=$(cat "$pids_file")
 for pid in $pids; do kill -TERM "$pid" 2>/dev/null || true; done
-deadline=$((SECONDS + 15))
+deadline=$((SECONDS + 30))
 for pid in $pids; do
   while kill -0 "$pid" 2>/dev/null; do
     if [ $SECONDS -ge $deadline ]; then

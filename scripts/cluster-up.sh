@@ -32,7 +32,7 @@ fi
 # HTTP status of GET $2 on 127.0.0.1:$1, with bash only (no curl on a bare machine).
 http_status() {
   local line
-  exec 3<>"/dev/tcp/127.0.0.1/$1" 2>/dev/null || { echo 000; return; }
+  { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || { echo 000; return; }
   printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$2" >&3
   IFS= read -r -t 5 line <&3 || line=""
   exec 3<&- 3>&-
@@ -57,6 +57,27 @@ for i in $(seq 1 "$n"); do
     fi
     sleep 0.2
   done
+done
+# ...and until every node sees all of them live and ready (owners agree from then on).
+all_ready() {
+  python3 - "$n" "$http_base" <<'PY'
+import json, sys, urllib.request
+n, base = int(sys.argv[1]), int(sys.argv[2])
+for i in range(1, n + 1):
+    try:
+        v = json.load(urllib.request.urlopen(f"http://127.0.0.1:{base + i}/cluster", timeout=2))
+    except Exception:
+        sys.exit(1)
+    if sum(1 for m in v["members"] if m["live"] and m.get("ready")) != n:
+        sys.exit(1)
+PY
+}
+until all_ready; do
+  if [ $SECONDS -ge $deadline ]; then
+    echo "cluster-up: the nodes do not all see each other after 30 s; see $dir/node*.log" >&2
+    exit 1
+  fi
+  sleep 0.2
 done
 echo "cluster of $n nodes is up (PIDs in $dir/pids):"
 for i in $(seq 1 "$n"); do

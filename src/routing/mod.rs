@@ -307,25 +307,10 @@ impl<H: Clone> Router<H> {
 
     fn on_peer(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
         match msg {
-            PeerMsg::Subscribe {
-                room,
-                token,
-                since,
-                epoch,
-            } => self.owner_subscribe(from, room, token, since, epoch, out),
-            PeerMsg::Unsubscribe { room } => self.owner_unsubscribe(&from, &room),
-            PeerMsg::Publish {
-                room,
-                token,
-                from: conn,
-                data,
-            } => self.owner_publish(from, room, token, conn, data, out),
-            PeerMsg::HistoryReq {
-                room,
-                token,
-                since,
-                limit,
-            } => self.owner_history(from, room, token, since, limit, out),
+            PeerMsg::Subscribe { .. }
+            | PeerMsg::Unsubscribe { .. }
+            | PeerMsg::Publish { .. }
+            | PeerMsg::HistoryReq { .. } => self.on_owner_msg(from, msg, out),
             PeerMsg::SubscribeAck {
                 room,
                 token,

@@ -428,8 +428,8 @@ impl<H: Clone> Router<H> {
         }
     }
 
-    /// Dispatches a held owner-bound request.
-    fn on_owner_msg(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
+    /// Dispatches an owner-bound request (from a peer, or held until the room's state came).
+    pub(super) fn on_owner_msg(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
         match msg {
             PeerMsg::Subscribe {
                 room,

@@ -701,3 +701,16 @@ impl Cluster {
             .unwrap()
     }
 }
+
+/// Asserts a `roomcast bench --chaos --strict` report of a drain or rolling restart: traffic
+/// flowed, clients moved, and nothing acknowledged was lost, skipped, repeated or disputed.
+pub fn assert_no_loss(r: &Value) {
+    assert!(r["acked_total"].as_u64().unwrap() > 1000, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["unrecovered"], 0, "{r}");
+    assert_eq!(r["gaps"], 0, "{r}");
+    assert_eq!(r["duplicated"], 0, "{r}");
+    assert_eq!(r["order_conflicts"], 0, "{r}");
+    assert!(r["reconnects"].as_u64().unwrap() > 0, "clients moved: {r}");
+    assert_eq!(r["ok"], true, "{r}");
+}

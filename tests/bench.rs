@@ -13,13 +13,7 @@ fn bench(args: &[&str]) -> Value {
         .args(args)
         .output()
         .expect("run bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "bench output is not JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let report = bench_report(&out);
     assert_eq!(
         out.status.success(),
         report["ok"] == true,

@@ -653,34 +653,7 @@ async fn a_rolling_restart_under_traffic_loses_no_acknowledged_message() {
     let urls = urls.join(",");
     // Clients that follow reconnect hints and resume with `since`; --strict makes any loss of
     // an acknowledged message, and any resume that is not recovered, a violation.
-    let bench = std::process::Command::new(bin())
-        .args([
-            "bench",
-            "--json",
-            "--quiet",
-            "--chaos",
-            "--strict",
-            "--url",
-            &urls,
-            "--subscribers",
-            "30",
-            "--rooms",
-            "6",
-            "--publishers",
-            "3",
-            "--rate",
-            "150",
-            "--warmup",
-            "1s",
-            "--duration",
-            "25s",
-            "--drain",
-            "10s",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let bench = spawn_strict_bench(&urls, "25s", "10s");
     for i in 0..3 {
         // Restart one node at a time, each once the cluster is whole again (seeded by a
         // neighbour: node 0, the original seed, restarts too).
@@ -708,9 +681,7 @@ async fn a_rolling_restart_under_traffic_loses_no_acknowledged_message() {
     let out = tokio::task::spawn_blocking(move || bench.wait_with_output().unwrap())
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let r: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    let r = bench_report(&out);
     assert_no_loss(&r);
     assert!(r["reconnects"].as_u64().unwrap() > 0, "clients moved: {r}");
 }

@@ -259,34 +259,7 @@ async fn the_compose_cluster_routes_is_monitored_and_drains_without_loss() {
     //    rooms handed over, clients hinted to another node), then starts it again. Clients
     //    follow the hints and resume with `since`; nothing acknowledged may be lost.
     let urls: Vec<String> = (0..3).map(|i| c.node_url(i)).collect();
-    let bench = Command::new(bin())
-        .args([
-            "bench",
-            "--json",
-            "--quiet",
-            "--chaos",
-            "--strict",
-            "--url",
-            &urls.join(","),
-            "--subscribers",
-            "30",
-            "--rooms",
-            "6",
-            "--publishers",
-            "3",
-            "--rate",
-            "150",
-            "--warmup",
-            "1s",
-            "--duration",
-            "45s",
-            "--drain",
-            "15s",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let bench = spawn_strict_bench(&urls.join(","), "45s", "15s");
     for n in ["node1", "node2", "node3"] {
         c.run(&["restart", "--timeout", "30", n]);
         wait_cluster(&c, Duration::from_secs(60)).await;
@@ -294,8 +267,6 @@ async fn the_compose_cluster_routes_is_monitored_and_drains_without_loss() {
     let out = tokio::task::spawn_blocking(move || bench.wait_with_output().unwrap())
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let r: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("{e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    let r = bench_report(&out);
     assert_no_loss(&r);
 }

@@ -714,3 +714,48 @@ pub fn assert_no_loss(r: &Value) {
     assert!(r["reconnects"].as_u64().unwrap() > 0, "clients moved: {r}");
     assert_eq!(r["ok"], true, "{r}");
 }
+
+/// Parses the JSON report a `roomcast bench --json` run printed.
+pub fn bench_report(out: &std::process::Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "bench output is not JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Starts the traffic of a drain or rolling-restart test: clients that follow reconnect hints
+/// and resume with `since`; with --strict, any loss of an acknowledged message, and any
+/// resume that is not recovered, is a violation.
+pub fn spawn_strict_bench(urls: &str, duration: &str, drain: &str) -> std::process::Child {
+    Command::new(bin())
+        .args([
+            "bench",
+            "--json",
+            "--quiet",
+            "--chaos",
+            "--strict",
+            "--url",
+            urls,
+            "--subscribers",
+            "30",
+            "--rooms",
+            "6",
+            "--publishers",
+            "3",
+            "--rate",
+            "150",
+            "--warmup",
+            "1s",
+            "--duration",
+            duration,
+            "--drain",
+            drain,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start roomcast bench")
+}

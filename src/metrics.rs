@@ -32,6 +32,9 @@ pub const SHARD_QUEUE_FULL: &str = "roomcast_shard_queue_full_total";
 pub const FEED_GAPS: &str = "roomcast_feed_gaps_total";
 pub const GAP_EVICTIONS: &str = "roomcast_gap_evictions_total";
 pub const OWNER_CHANGES: &str = "roomcast_room_owner_changes_total";
+pub const FRESH_EPOCHS: &str = "roomcast_room_epochs_started_total";
+pub const HANDOFFS: &str = "roomcast_handoffs_total";
+pub const REQUEST_RETRIES: &str = "roomcast_request_retries_total";
 pub const CLUSTER_MEMBERS: &str = "roomcast_cluster_members";
 pub const INTERNODE_MESSAGES: &str = "roomcast_internode_messages_total";
 pub const INTERNODE_BYTES: &str = "roomcast_internode_bytes_total";
@@ -102,6 +105,18 @@ fn describe() {
     describe_counter!(
         OWNER_CHANGES,
         "Rooms with local subscribers whose owner node changed"
+    );
+    describe_counter!(
+        FRESH_EPOCHS,
+        "Rooms this node started in a new epoch (new rooms, or rooms of a dead owner)"
+    );
+    describe_counter!(
+        HANDOFFS,
+        "Room state handoffs, by event (sent, confirmed, resent, conflict)"
+    );
+    describe_counter!(
+        REQUEST_RETRIES,
+        "Requests re-sent because the node asked was no longer the room's owner"
     );
     describe_gauge!(
         CLUSTER_MEMBERS,
@@ -234,6 +249,13 @@ pub fn rooms(delta: f64) {
 pub fn add(name: &'static str, v: u64) {
     if v > 0 {
         metrics::counter!(name).increment(v);
+    }
+}
+
+/// Adds `v` to counter `name` with the label `event`.
+pub fn add_labeled(name: &'static str, event: &'static str, v: u64) {
+    if v > 0 {
+        metrics::counter!(name, "event" => event).increment(v);
     }
 }
 

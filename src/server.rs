@@ -268,14 +268,28 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 /// Feeds membership changes to the links and the routers, and marks the node ready (in
 /// gossip too) once it has met the cluster: only ready nodes own rooms, so a node that just
 /// started never sequences a room it has not looked up with the others first.
+///
+/// "Met the cluster" means: other members are live and the live set has not changed for
+/// [`settle_time`]. Gossip reveals members one by one; a node that counted itself an owner
+/// after seeing only some of them would look for its rooms' state on too few nodes.
 async fn follow_membership(node: Arc<NodeContext>, peers: Peers) {
     let mut views = node.views.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let settle = settle_time(node.config.gossip_interval);
     let mut announced = false;
+    let mut live_ids: Vec<NodeId> = Vec::new();
+    let mut live_since = tokio::time::Instant::now();
     loop {
         let view = views.borrow_and_update().clone();
         peers.update_view(&view);
-        if view.live().count() > 1 {
+        let mut ids: Vec<NodeId> = view.live().map(|m| m.id.clone()).collect();
+        ids.sort();
+        if ids != live_ids {
+            live_ids = ids;
+            live_since = tokio::time::Instant::now();
+        }
+        let settled = live_ids.len() > 1 && live_since.elapsed() >= settle;
+        if settled {
             node.cluster_ready.store(true, Ordering::Release);
         }
         if node.cluster_ready.load(Ordering::Acquire) && !announced {
@@ -283,17 +297,25 @@ async fn follow_membership(node: Arc<NodeContext>, peers: Peers) {
             announced = true;
         }
         apply_view(&node, &view).await;
+        let waiting = !node.cluster_ready.load(Ordering::Acquire);
         tokio::select! {
             r = views.changed() => if r.is_err() { return },
             _ = node.view_nudge.notified() => {}
-            _ = tokio::time::sleep_until(deadline), if !node.cluster_ready.load(Ordering::Acquire) => {
-                if !node.config.seed.is_empty() {
+            // Look again once the live set may have settled.
+            _ = tokio::time::sleep_until(live_since + settle), if waiting && live_ids.len() > 1 => {}
+            _ = tokio::time::sleep_until(deadline), if waiting => {
+                if live_ids.len() <= 1 && !node.config.seed.is_empty() {
                     tracing::warn!("no other cluster member found yet; serving alone");
                 }
                 node.cluster_ready.store(true, Ordering::Release);
             }
         }
     }
+}
+
+/// How long the live set must stay the same before a starting node counts itself an owner.
+fn settle_time(gossip_interval: Duration) -> Duration {
+    (gossip_interval * 3).max(Duration::from_millis(500))
 }
 
 /// Tells the routers who may own rooms now. This node counts while it is ready and not
@@ -456,15 +478,17 @@ async fn drain(node: &NodeContext, url: &str, deadline: Instant) {
     wait_for(grace_end, || node.conns.is_empty()).await;
     node.conns.close_all(CloseReason::Draining);
     wait_for(deadline, || node.conns.is_empty()).await;
-    // Handoffs must be on the wire before the links go — unless nobody is left to take them
-    // (the whole cluster is stopping).
+    // Every room must be handed over *and confirmed by its new owner* before the links go (a
+    // handoff lost in a link reset is re-sent; one on the wire is not yet safe) — unless
+    // nobody is left to take them (the whole cluster is stopping).
     wait_for(deadline, || {
-        let handed = node.shards.owned_rooms() == 0 && node.peers.queued_bytes() == 0;
+        let handed = node.shards.owned_rooms() == 0 && node.shards.unconfirmed_handoffs() == 0;
         handed || node.views.borrow().reconnect_target().is_none()
     })
     .await;
     tracing::info!(
         rooms_left = node.shards.owned_rooms(),
+        unconfirmed = node.shards.unconfirmed_handoffs(),
         "rooms handed over; leaving the cluster"
     );
     node.membership.shutdown().await;

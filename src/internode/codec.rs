@@ -24,7 +24,8 @@ use crate::routing::PeerMsg;
 
 pub const MAGIC: [u8; 4] = *b"RCST";
 /// Version of the internode protocol; nodes of other versions are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: `Refused` names the room's new owner, `HandoffAck` confirms handoffs (issue 8).
+pub const PROTOCOL_VERSION: u16 = 2;
 pub const PREAMBLE_LEN: usize = 8;
 /// Frame limit during the handshake.
 pub const HANDSHAKE_MAX_FRAME: usize = 4 * 1024;

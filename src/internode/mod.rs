@@ -211,15 +211,6 @@ impl Peers {
         }
     }
 
-    /// Bytes queued on all links (drain waits until handoffs are on the wire).
-    pub fn queued_bytes(&self) -> usize {
-        let links = self.inner.links.read().unwrap_or_else(|p| p.into_inner());
-        links
-            .values()
-            .map(|l| l.bytes.load(Ordering::Acquire))
-            .sum()
-    }
-
     /// A peer connected to us and told us its address: make sure we can answer it.
     fn learned(&self, peer: &NodeId, addr: &str, generation: u64) {
         let mut links = self.inner.links.write().unwrap_or_else(|p| p.into_inner());

@@ -51,6 +51,8 @@ pub struct Shards {
     txs: Arc<[mpsc::Sender<Input<ConnHandle>>]>,
     /// Rooms each shard owns, as of its last step (drain waits for zero).
     owned: Arc<[AtomicUsize]>,
+    /// Handoffs each shard made that their receiver has not confirmed (drain waits for zero).
+    unconfirmed: Arc<[AtomicUsize]>,
     rt: tokio::runtime::Handle,
 }
 
@@ -65,15 +67,22 @@ impl Shards {
     ) -> Shards {
         let mut txs = Vec::with_capacity(n);
         let owned: Arc<[AtomicUsize]> = (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect();
+        let unconfirmed: Arc<[AtomicUsize]> = (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect();
         for i in 0..n.max(1) {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
             let router = Router::new(me.clone(), cfg);
-            rt.spawn(run_shard(i, router, rx, peers.clone(), owned.clone()));
+            let gauges = Gauges {
+                idx: i,
+                owned: owned.clone(),
+                unconfirmed: unconfirmed.clone(),
+            };
+            rt.spawn(run_shard(router, rx, peers.clone(), gauges));
             txs.push(tx);
         }
         Shards {
             txs: txs.into(),
             owned,
+            unconfirmed,
             rt: rt.clone(),
         }
     }
@@ -85,6 +94,14 @@ impl Shards {
     /// Rooms this node owns now (summed over shards).
     pub fn owned_rooms(&self) -> usize {
         self.owned.iter().map(|a| a.load(Ordering::Acquire)).sum()
+    }
+
+    /// Handoffs of this node not yet confirmed by their new owners (summed over shards).
+    pub fn unconfirmed_handoffs(&self) -> usize {
+        self.unconfirmed
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -148,13 +165,20 @@ impl Shards {
     }
 }
 
-async fn run_shard(
+/// Where a shard publishes the counts drain waits on.
+struct Gauges {
     idx: usize,
+    owned: Arc<[AtomicUsize]>,
+    unconfirmed: Arc<[AtomicUsize]>,
+}
+
+async fn run_shard(
     mut router: Router<ConnHandle>,
     mut rx: mpsc::Receiver<Input<ConnHandle>>,
     peers: Arc<dyn PeerSink>,
-    owned: Arc<[AtomicUsize]>,
+    gauges: Gauges,
 ) {
+    let idx = gauges.idx;
     let mut out: Vec<Action<ConnHandle>> = Vec::with_capacity(64);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -177,13 +201,14 @@ async fn run_shard(
                 reported.export(&router);
             }
         }
-        owned[idx].store(router.owned_rooms(), Ordering::Release);
+        gauges.owned[idx].store(router.owned_rooms(), Ordering::Release);
+        gauges.unconfirmed[idx].store(router.unconfirmed_handoffs(), Ordering::Release);
     }
     tracing::debug!(shard = idx, "room shard stopped");
 }
 
-/// One router step, its actions carried out at once (the router requires it: a `Fanout`
-/// refers to the subscriber list as it is now).
+/// One router step, its actions carried out at once (each action carries what it needs: a
+/// `Fanout` names its subscribers).
 fn step(
     router: &mut Router<ConnHandle>,
     input: Input<ConnHandle>,
@@ -206,12 +231,12 @@ fn step(
                 let _ = to.outbox.text(frame, TextKind::Replay);
             }
             Action::Fanout {
-                room,
+                subs,
                 frame,
                 accepted_us,
             } => {
                 let kind = TextKind::Event { accepted_us };
-                for (_, h) in router.subscribers(&room) {
+                for (_, h) in subs.iter() {
                     // A full outbox closes its connection (counted there); the others go on.
                     let _ = h.outbox.text(frame.clone(), kind);
                 }
@@ -249,6 +274,28 @@ impl Reported {
         m::add(m::FEED_GAPS, s.gaps - self.stats.gaps);
         m::add(m::GAP_EVICTIONS, s.evictions - self.stats.evictions);
         m::add(m::OWNER_CHANGES, s.owner_changes - self.stats.owner_changes);
+        m::add(m::FRESH_EPOCHS, s.fresh_epochs - self.stats.fresh_epochs);
+        m::add_labeled(
+            m::HANDOFFS,
+            "sent",
+            s.handoffs_sent - self.stats.handoffs_sent,
+        );
+        m::add_labeled(
+            m::HANDOFFS,
+            "confirmed",
+            s.handoffs_confirmed - self.stats.handoffs_confirmed,
+        );
+        m::add_labeled(
+            m::HANDOFFS,
+            "resent",
+            s.handoffs_resent - self.stats.handoffs_resent,
+        );
+        m::add_labeled(
+            m::HANDOFFS,
+            "conflict",
+            s.handoff_conflicts - self.stats.handoff_conflicts,
+        );
+        m::add(m::REQUEST_RETRIES, s.retries - self.stats.retries);
         self.stats = s;
     }
 }

@@ -1,16 +1,25 @@
 //! The member half of routing: local subscribers, the feed from each room's owner, and
 //! requests waiting for owners.
+//!
+//! While a room's ownership moves (drain, scale-out, a node rejoining), requests are never
+//! failed for it: a refusal (`Refused { NotOwner }`, which means "not served") re-sends the
+//! request at once to the node the refusal names, or — without a name — parks it until the
+//! next view change or retry tick; only `request_timeout` ends the wait. A publish refused this
+//! way was not sequenced, so re-sending cannot duplicate it.
+
+use std::sync::Arc;
 
 use bytestring::ByteString;
 
-use super::{Action, EvictReason, HistEntry, PeerError, PeerMsg, Router};
+use super::{Action, EvictReason, HistEntry, PeerError, PeerMsg, Router, Subscribers};
 use crate::ids::{ConnId, ConnName, Epoch, NodeId, RoomId};
 use crate::protocol::encode::Reply;
 use crate::protocol::{ErrorCode, ReqId};
 
 /// This node's view of one room it has local subscribers (or joins in progress) for.
 pub(super) struct MemberRoom<H> {
-    pub(super) subs: Vec<(ConnId, H)>,
+    /// Copy-on-write: `Fanout` actions share the list as it was when they were made.
+    pub(super) subs: Subscribers<H>,
     joins: Vec<PendingJoin<H>>,
     feed: Feed,
     /// Epochs this node's subscribers followed before the current one, with the last seq
@@ -22,6 +31,12 @@ pub(super) struct MemberRoom<H> {
 
 /// Past epochs remembered per member room.
 const PAST_EPOCHS: usize = 8;
+/// How long a request refused without a hint waits before it is re-sent (view changes re-send
+/// sooner).
+const RETRY_US: u64 = 200_000;
+/// Re-sends straight to a hinted node per request, before it waits for the retry timer
+/// instead (two nodes whose views disagree cannot bounce a request between them for long).
+const MAX_REDIRECTS: u8 = 8;
 
 /// Where this node stands in the room owner's stream of events.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,23 +67,49 @@ struct PendingJoin<H> {
     epoch: Option<Epoch>,
     req: ReqId,
     deadline_us: u64,
-    /// `(token, owner)` of the Subscribe in flight, or `None` while parked behind a resync.
+    /// `(token, owner)` of the Subscribe in flight, or `None` while parked (behind a resync,
+    /// or until `retry_at_us` after a refusal).
     sent: Option<(u64, NodeId)>,
+    retry_at_us: u64,
+    redirects: u8,
 }
 
 /// A publish or history read waiting for the owner's reply.
 pub(super) struct PendingReq<H> {
     handle: H,
     req: ReqId,
-    owner: NodeId,
+    room: RoomId,
+    /// The node the request is in flight to, or `None` while parked until `retry_at_us`.
+    owner: Option<NodeId>,
+    retry_at_us: u64,
+    redirects: u8,
     deadline_us: u64,
     kind: ReqKind,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// What a waiting request asks, kept so that it can be re-sent.
 enum ReqKind {
-    Publish,
-    History,
+    Publish { from: ConnName, data: ByteString },
+    History { since: u64, limit: u64 },
+}
+
+impl ReqKind {
+    fn to_msg(&self, room: &RoomId, token: u64) -> PeerMsg {
+        match self {
+            ReqKind::Publish { from, data } => PeerMsg::Publish {
+                room: room.clone(),
+                token,
+                from: from.clone(),
+                data: data.clone(),
+            },
+            ReqKind::History { since, limit } => PeerMsg::HistoryReq {
+                room: room.clone(),
+                token,
+                since: *since,
+                limit: *limit,
+            },
+        }
+    }
 }
 
 fn unavailable(msg: &str) -> Reply {
@@ -89,13 +130,13 @@ impl<H: Clone> Router<H> {
         req: ReqId,
         out: &mut Vec<Action<H>>,
     ) {
-        let owner = self.owner_of(&room);
+        let owner = self.route(&room);
         let deadline_us = self.deadline();
         let r = self
             .member_rooms
             .entry(room.clone())
             .or_insert_with(|| MemberRoom {
-                subs: Vec::new(),
+                subs: Arc::new(Vec::new()),
                 joins: Vec::new(),
                 feed: Feed::Unregistered,
                 past: Vec::new(),
@@ -120,7 +161,7 @@ impl<H: Clone> Router<H> {
                 },
             });
             if !r.subs.iter().any(|(c, _)| *c == conn) {
-                r.subs.push((conn, handle));
+                Arc::make_mut(&mut r.subs).push((conn, handle));
             }
             return;
         }
@@ -133,6 +174,8 @@ impl<H: Clone> Router<H> {
             req,
             deadline_us,
             sent: None,
+            retry_at_us: 0,
+            redirects: 0,
         };
         if !parked {
             let token = self.token();
@@ -167,7 +210,9 @@ impl<H: Clone> Router<H> {
         out: &mut Vec<Action<H>>,
     ) {
         if let Some(r) = self.member_rooms.get_mut(&room) {
-            r.subs.retain(|(c, _)| *c != conn);
+            if r.subs.iter().any(|(c, _)| *c == conn) {
+                Arc::make_mut(&mut r.subs).retain(|(c, _)| *c != conn);
+            }
             // A join still waiting for the owner gets its one reply now.
             let mut i = 0;
             while i < r.joins.len() {
@@ -217,7 +262,7 @@ impl<H: Clone> Router<H> {
         }
         // Joins that were dropped on leave may have registered interest somewhere too; the
         // owner we would ask now is the likely one.
-        let current = self.owner_of(room);
+        let current = self.route(room);
         if !owners.contains(&current) {
             owners.push(current);
         }
@@ -237,28 +282,11 @@ impl<H: Clone> Router<H> {
         req: ReqId,
         out: &mut Vec<Action<H>>,
     ) {
-        let owner = self.owner_of(&room);
-        let token = self.token();
-        self.pending.insert(
-            token,
-            PendingReq {
-                handle,
-                req,
-                owner: owner.clone(),
-                deadline_us: self.deadline(),
-                kind: ReqKind::Publish,
-            },
-        );
-        self.send(
-            owner,
-            PeerMsg::Publish {
-                room,
-                token,
-                from,
-                data,
-            },
-            out,
-        );
+        let kind = ReqKind::Publish {
+            from,
+            data: ByteString::from(data),
+        };
+        self.request(handle, room, req, kind, out);
     }
 
     pub(super) fn history(
@@ -270,28 +298,79 @@ impl<H: Clone> Router<H> {
         req: ReqId,
         out: &mut Vec<Action<H>>,
     ) {
-        let owner = self.owner_of(&room);
+        self.request(handle, room, req, ReqKind::History { since, limit }, out);
+    }
+
+    /// Sends a publish or history read to the room's owner and waits for the reply.
+    fn request(
+        &mut self,
+        handle: H,
+        room: RoomId,
+        req: ReqId,
+        kind: ReqKind,
+        out: &mut Vec<Action<H>>,
+    ) {
+        let owner = self.route(&room);
         let token = self.token();
+        let msg = kind.to_msg(&room, token);
         self.pending.insert(
             token,
             PendingReq {
                 handle,
                 req,
-                owner: owner.clone(),
-                deadline_us: self.deadline(),
-                kind: ReqKind::History,
-            },
-        );
-        self.send(
-            owner,
-            PeerMsg::HistoryReq {
                 room,
-                token,
-                since,
-                limit,
+                owner: Some(owner.clone()),
+                retry_at_us: 0,
+                redirects: 0,
+                deadline_us: self.deadline(),
+                kind,
             },
-            out,
         );
+        self.send(owner, msg, out);
+    }
+
+    /// Re-sends a parked request to where its room is now.
+    fn resend_request(&mut self, token: u64, out: &mut Vec<Action<H>>) {
+        let Some(p) = self.pending.get(&token) else {
+            return;
+        };
+        let owner = self.route(&p.room);
+        let msg = p.kind.to_msg(&p.room, token);
+        if let Some(p) = self.pending.get_mut(&token) {
+            p.owner = Some(owner.clone());
+        }
+        self.stats.retries += 1;
+        self.send(owner, msg, out);
+    }
+
+    /// Re-sends every parked request and join whose time has come (`force`: all of them, the
+    /// view changed).
+    fn resend_parked(&mut self, force: bool, out: &mut Vec<Action<H>>) {
+        let now = self.now_us;
+        let mut due: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.owner.is_none() && (force || p.retry_at_us <= now))
+            .map(|(t, _)| *t)
+            .collect();
+        due.sort_unstable();
+        for t in due {
+            self.resend_request(t, out);
+        }
+        let rooms: Vec<RoomId> = self
+            .member_rooms
+            .iter()
+            .filter(|(_, r)| {
+                !matches!(r.feed, Feed::Resyncing { .. })
+                    && r.joins
+                        .iter()
+                        .any(|j| j.sent.is_none() && (force || j.retry_at_us <= now))
+            })
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in rooms {
+            self.resend_parked_joins(&room, out);
+        }
     }
 
     // ---------------------------------------------------------------- owner replies
@@ -328,7 +407,7 @@ impl<H: Clone> Router<H> {
         }) else {
             return; // A join that was re-sent elsewhere, or left.
         };
-        let consistent = match &r.feed {
+        let consistent = match &mut r.feed {
             Feed::Unregistered => {
                 r.feed = Feed::Live {
                     owner: from.clone(),
@@ -337,12 +416,17 @@ impl<H: Clone> Router<H> {
                 };
                 true
             }
+            // The owner may have changed with the room's state (same epoch): the feed moves to
+            // it when it stands exactly where the acknowledgement says.
             Feed::Live {
                 owner,
                 epoch: e,
                 seq: s,
-            } => *owner == from && *e == epoch && *s == seq,
-            Feed::Resyncing { .. } => false,
+            } if *e == epoch && *s == seq => {
+                *owner = from.clone();
+                true
+            }
+            Feed::Live { .. } | Feed::Resyncing { .. } => false,
         };
         if !consistent {
             // The feed and this acknowledgement disagree: the feed missed something (or the
@@ -373,7 +457,7 @@ impl<H: Clone> Router<H> {
             });
         }
         if !r.subs.iter().any(|(c, _)| *c == j.conn) {
-            r.subs.push((j.conn, j.handle));
+            Arc::make_mut(&mut r.subs).push((j.conn, j.handle));
         }
     }
 
@@ -395,39 +479,55 @@ impl<H: Clone> Router<H> {
             self.send(from, PeerMsg::Unsubscribe { room }, out);
             return;
         };
+        let mut resync_at: Option<NodeId> = None;
         match &mut r.feed {
             Feed::Live {
                 owner,
                 epoch: e,
                 seq: s,
-            } if *owner == from && *e == epoch => {
+            } if *e == epoch => {
                 if seq == *s + 1 {
+                    // The next event of the same epoch continues the feed, also from another
+                    // node: the room moved with its state, maybe before this node's view did.
+                    if *owner != from {
+                        *owner = from.clone();
+                        let until = self.now_us + super::owner::MOVED_TTL_US;
+                        self.hints.insert(room.clone(), (from.clone(), until));
+                    }
                     *s = seq;
                     out.push(Action::Fanout {
-                        room,
+                        subs: r.subs.clone(),
                         frame,
                         accepted_us,
                     });
                 } else if seq <= *s {
                     self.stats.stale_events += 1;
                 } else {
+                    // Events are missing: repair from the node that sent this one (it holds
+                    // the epoch now).
                     self.stats.gaps += 1;
-                    self.start_resync(&room, out);
+                    resync_at = Some(from);
                 }
             }
             Feed::Live { owner, .. } if *owner == from => {
                 // Same owner, new epoch: the room restarted at the owner. Repair from history.
                 self.stats.gaps += 1;
-                self.start_resync(&room, out);
+                resync_at = Some(from);
             }
             _ => self.stats.stale_events += 1,
+        }
+        if let Some(node) = resync_at {
+            if node != self.owner_of(&room) {
+                self.set_hint(&room, node);
+            }
+            self.start_resync(&room, out);
         }
     }
 
     /// Asks the room's current owner for everything after the feed's last seq; events are
     /// dropped until the answer arrives.
     fn start_resync(&mut self, room: &RoomId, out: &mut Vec<Action<H>>) {
-        let owner = self.owner_of(room);
+        let owner = self.route(room);
         let token = self.token();
         let retry_at_us = self.deadline();
         let Some(r) = self.member_rooms.get_mut(room) else {
@@ -512,7 +612,7 @@ impl<H: Clone> Router<H> {
             for e in history {
                 if e.seq > delivered {
                     out.push(Action::Fanout {
-                        room: room.clone(),
+                        subs: r.subs.clone(),
                         frame: e.frame,
                         accepted_us: e.accepted_us,
                     });
@@ -521,7 +621,7 @@ impl<H: Clone> Router<H> {
         } else {
             // Messages are gone for good: close the subscribers so they resume with `since` and
             // learn `recovered: false`, instead of silently skipping.
-            for (_, h) in r.subs.drain(..) {
+            for (_, h) in std::mem::take(&mut r.subs).iter().cloned() {
                 self.stats.evictions += 1;
                 out.push(Action::Evict {
                     to: h,
@@ -539,9 +639,9 @@ impl<H: Clone> Router<H> {
         self.drop_room_if_unused(&room, out);
     }
 
-    /// Sends the Subscribe of every parked join of `room` to the current owner.
+    /// Sends the Subscribe of every parked join of `room` to where the room is now.
     fn resend_parked_joins(&mut self, room: &RoomId, out: &mut Vec<Action<H>>) {
-        let owner = self.owner_of(room);
+        let owner = self.route(room);
         let mut msgs = Vec::new();
         let mut next = self.next_token;
         if let Some(r) = self.member_rooms.get_mut(room) {
@@ -605,26 +705,45 @@ impl<H: Clone> Router<H> {
         }
     }
 
+    /// A request was not served. `NotOwner` means the room is moving: the request is re-sent
+    /// at once to the node `hint` names, or parked until the view changes or `RETRY_US`
+    /// passed — never failed before its deadline. `Unavailable` (an overloaded owner) fails it.
     pub(super) fn on_refused(
         &mut self,
+        from: NodeId,
         room: RoomId,
         token: u64,
         error: PeerError,
+        hint: Option<NodeId>,
         out: &mut Vec<Action<H>>,
     ) {
-        let text = match error {
-            PeerError::NotOwner => "the room's owner is changing; retry",
-            PeerError::Unavailable => "the room's owner node is unavailable; retry",
-        };
-        if let Some(p) = self.pending.remove(&token) {
-            out.push(Action::Reply {
-                to: p.handle,
-                req: p.req,
-                reply: unavailable(text),
-            });
+        let moving = error == PeerError::NotOwner;
+        // A hint names the node the room was handed to; the refusing node has a link to it
+        // even when this node's view has not met it yet.
+        let hint = hint.filter(|h| *h != from);
+        if moving && let Some(h) = &hint {
+            self.set_hint(&room, h.clone());
+        }
+        let retry_at = self.now_us + RETRY_US;
+        if let Some(p) = self.pending.get_mut(&token) {
+            if !moving {
+                if let Some(p) = self.pending.remove(&token) {
+                    out.push(Action::Reply {
+                        to: p.handle,
+                        req: p.req,
+                        reply: unavailable("the room's owner node is overloaded; retry"),
+                    });
+                }
+                return;
+            }
+            p.owner = None;
+            p.retry_at_us = retry_at;
+            if hint.is_some() && p.redirects < MAX_REDIRECTS {
+                p.redirects += 1;
+                self.resend_request(token, out);
+            }
             return;
         }
-        let now = self.now_us;
         let Some(r) = self.member_rooms.get_mut(&room) else {
             return;
         };
@@ -635,33 +754,49 @@ impl<H: Clone> Router<H> {
         } = &mut r.feed
             && *t == token
         {
-            // Retry on a later tick, when the views have likely converged.
-            *retry_at_us = now;
+            if hint.is_some() {
+                self.start_resync(&room, out);
+            } else {
+                // Retry on a later tick, when the views have likely converged.
+                *retry_at_us = retry_at;
+            }
             return;
         }
-        if let Some(i) = r
+        let Some(i) = r
             .joins
             .iter()
             .position(|j| j.sent.as_ref().is_some_and(|(t, _)| *t == token))
-        {
-            let j = r.joins.remove(i);
-            out.push(Action::Reply {
-                to: j.handle.clone(),
-                req: j.req,
-                reply: unavailable(text),
-            });
-            out.push(Action::JoinFailed {
-                to: j.handle,
-                room: room.clone(),
-            });
-            self.drop_room_if_unused(&room, out);
+        else {
+            return;
+        };
+        if moving {
+            let j = &mut r.joins[i];
+            j.sent = None;
+            j.retry_at_us = retry_at;
+            let resyncing = matches!(r.feed, Feed::Resyncing { .. });
+            if hint.is_some() && j.redirects < MAX_REDIRECTS && !resyncing {
+                j.redirects += 1;
+                self.resend_parked_joins(&room, out);
+            }
+            return;
         }
+        let j = r.joins.remove(i);
+        out.push(Action::Reply {
+            to: j.handle.clone(),
+            req: j.req,
+            reply: unavailable("the room's owner node is overloaded; retry"),
+        });
+        out.push(Action::JoinFailed {
+            to: j.handle,
+            room: room.clone(),
+        });
+        self.drop_room_if_unused(&room, out);
     }
 
     // ---------------------------------------------------------------- membership and time
 
-    /// Re-points every member room whose owner changed, and fails requests waiting on nodes
-    /// that left.
+    /// Re-points every member room whose owner changed, re-sends what waited for a moving
+    /// room, and fails publishes waiting on nodes that left (their outcome is unknown).
     pub(super) fn members_changed_member_side(
         &mut self,
         departed: &[NodeId],
@@ -669,7 +804,7 @@ impl<H: Clone> Router<H> {
     ) {
         let rooms: Vec<RoomId> = self.member_rooms.keys().cloned().collect();
         for room in rooms {
-            let owner = self.owner_of(&room);
+            let owner = self.route(&room);
             let mut resync = false;
             let mut old_owners: Vec<NodeId> = Vec::new();
             {
@@ -702,29 +837,46 @@ impl<H: Clone> Router<H> {
             }
             if resync {
                 self.start_resync(&room, out);
-            } else if !matches!(self.room_mut(&room).feed, Feed::Resyncing { .. }) {
-                self.resend_parked_joins(&room, out);
             }
         }
-        let failed: Vec<u64> = self
+        self.fail_requests_to(departed, "the room's owner node left the cluster", out);
+        // Requests in flight to a node that is still live wait for its answer; parked ones go
+        // where the new view says.
+        self.resend_parked(true, out);
+    }
+
+    /// Fails the publishes in flight to any of `nodes` (whether they were sequenced is
+    /// unknown) and parks the history reads (re-sent, they are harmless).
+    fn fail_requests_to(&mut self, nodes: &[NodeId], why: &str, out: &mut Vec<Action<H>>) {
+        let affected: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, p)| departed.contains(&p.owner))
+            .filter(|(_, p)| p.owner.as_ref().is_some_and(|o| nodes.contains(o)))
             .map(|(t, _)| *t)
             .collect();
-        for t in failed {
+        for t in affected {
+            let Some(p) = self.pending.get_mut(&t) else {
+                continue;
+            };
+            if matches!(p.kind, ReqKind::History { .. }) {
+                p.owner = None;
+                p.retry_at_us = 0;
+                continue;
+            }
             if let Some(p) = self.pending.remove(&t) {
                 out.push(Action::Reply {
                     to: p.handle,
                     req: p.req,
-                    reply: unavailable("the room's owner node left the cluster; retry"),
+                    reply: unavailable(&format!(
+                        "{why}; the publish may or may not have been sequenced"
+                    )),
                 });
             }
         }
     }
 
     /// The link to `node` was reset: resync rooms fed by it, re-send joins waiting on it, and
-    /// fail publishes and reads waiting on it (their outcome is unknown: not acknowledged).
+    /// fail publishes waiting on it (their outcome is unknown: not acknowledged).
     pub(super) fn peer_reset(&mut self, node: &NodeId, out: &mut Vec<Action<H>>) {
         let rooms: Vec<RoomId> = self.member_rooms.keys().cloned().collect();
         for room in rooms {
@@ -739,41 +891,26 @@ impl<H: Clone> Router<H> {
                 for j in r.joins.iter_mut() {
                     if j.sent.as_ref().is_some_and(|(_, o)| o == node) {
                         j.sent = None;
+                        j.retry_at_us = 0;
                     }
                 }
             }
             if resync {
                 self.start_resync(&room, out);
-            } else if !matches!(self.room_mut(&room).feed, Feed::Resyncing { .. }) {
-                self.resend_parked_joins(&room, out);
             }
         }
-        let failed: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| &p.owner == node)
-            .map(|(t, _)| *t)
-            .collect();
-        for t in failed {
-            if let Some(p) = self.pending.remove(&t) {
-                let what = match p.kind {
-                    ReqKind::Publish => {
-                        "the link to the room's owner was reset; the publish may or may not have been sequenced"
-                    }
-                    ReqKind::History => "the link to the room's owner was reset; retry",
-                };
-                out.push(Action::Reply {
-                    to: p.handle,
-                    req: p.req,
-                    reply: unavailable(what),
-                });
-            }
-        }
+        self.fail_requests_to(
+            std::slice::from_ref(node),
+            "the link to the room's owner was reset",
+            out,
+        );
+        self.resend_parked(false, out);
     }
 
-    /// Times out requests and joins, and retries stalled resyncs.
+    /// Times out requests and joins, retries parked ones, and retries stalled resyncs.
     pub(super) fn tick_members(&mut self, out: &mut Vec<Action<H>>) {
         let now = self.now_us;
+        self.hints.retain(|_, (_, until)| *until > now);
         let expired: Vec<u64> = self
             .pending
             .iter()
@@ -825,5 +962,6 @@ impl<H: Clone> Router<H> {
             }
             self.drop_room_if_unused(&room, out);
         }
+        self.resend_parked(false, out);
     }
 }

@@ -48,12 +48,13 @@ pub enum PeerMsg {
     },
     /// Withdraw interest in `room`.
     Unsubscribe { room: RoomId },
-    /// Sequence `data` (raw JSON) into `room`.
+    /// Sequence `data` (raw JSON) into `room`. (`ByteString`: a member keeps a copy to re-send
+    /// the publish if the owner refuses it while the room moves; cloning it is a refcount.)
     Publish {
         room: RoomId,
         token: u64,
         from: ConnName,
-        data: String,
+        data: ByteString,
     },
     /// Read history after `since`, at most `limit` messages.
     HistoryReq {
@@ -93,11 +94,14 @@ pub enum PeerMsg {
         history: Vec<HistEntry>,
         recovered: bool,
     },
-    /// A request could not be served.
+    /// A request could not be served (and was not: a refused publish was not sequenced, so
+    /// re-sending it is safe). `owner`: where the refusing node handed the room, when it knows
+    /// — the requester re-sends there at once instead of waiting for its view to catch up.
     Refused {
         room: RoomId,
         token: u64,
         error: PeerError,
+        owner: Option<NodeId>,
     },
 
     // ---- owner → owner ----
@@ -105,10 +109,19 @@ pub enum PeerMsg {
     HandoffQuery { room: RoomId },
     /// The state of `room` (`None`: the sender has none). Sent in answer to `HandoffQuery`, or
     /// unasked when the sender stops owning the room while alive (a node joined, or the
-    /// sender is draining). The sender stops sequencing the room before sending it.
+    /// sender is draining). The sender stops sequencing the room before it snapshots the state
+    /// and keeps the snapshot until the receiver confirms it with `HandoffAck`: a link reset
+    /// or a departed receiver makes it send the snapshot again (to the room's owner then).
     Handoff {
         room: RoomId,
         state: Option<RoomState>,
+    },
+    /// The receiver of a `Handoff` holds the state (or a later one of the same epoch): the
+    /// sender may forget its snapshot. Drain waits for these, not for empty queues.
+    HandoffAck {
+        room: RoomId,
+        epoch: Epoch,
+        seq: u64,
     },
 }
 
@@ -127,7 +140,8 @@ impl PeerMsg {
             | PeerMsg::HistoryResp { room, .. }
             | PeerMsg::Refused { room, .. }
             | PeerMsg::HandoffQuery { room }
-            | PeerMsg::Handoff { room, .. } => room,
+            | PeerMsg::Handoff { room, .. }
+            | PeerMsg::HandoffAck { room, .. } => room,
         }
     }
 
@@ -159,6 +173,7 @@ impl PeerMsg {
             PeerMsg::Refused { .. } => "refused",
             PeerMsg::HandoffQuery { .. } => "handoff_query",
             PeerMsg::Handoff { .. } => "handoff",
+            PeerMsg::HandoffAck { .. } => "handoff_ack",
         }
     }
 }

@@ -15,10 +15,12 @@
 //! a one-node cluster and a hundred-node cluster run exactly the same code.
 //!
 //! The router does no I/O and reads no clock: time comes in with each [`Router::step`]. Callers
-//! (the room shards in `rooms/`) feed it [`Input`]s and carry out the returned [`Action`]s
-//! **before the next step** (a `Fanout` is resolved against the subscriber list at the time it
-//! is carried out). Handles `H` identify local connections; the router only stores and returns
-//! them, which keeps it testable with plain values (see `tests.rs`).
+//! (the room shards in `rooms/`) feed it [`Input`]s and carry out the returned [`Action`]s.
+//! Every action is self-contained: a `Fanout` carries the subscriber list as it was when the
+//! event was accepted (a shared, copy-on-write snapshot), so a subscriber added later in the
+//! same step — or before the caller gets to the action — never receives an older event.
+//! Handles `H` identify local connections; the router only stores and returns them, which
+//! keeps it testable with plain values (see `tests.rs`).
 //!
 //! Guarantees (the reasoning is in docs/ARCHITECTURE.md): a subscriber's join is acknowledged
 //! only after the owner registered this node's interest; history and live events meet with no
@@ -36,6 +38,7 @@ mod owner;
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use bytestring::ByteString;
 
@@ -46,7 +49,11 @@ pub use history::{HistEntry, HistoryLimits};
 pub use message::{PeerError, PeerMsg, RoomState};
 
 use member::{MemberRoom, PendingReq};
-use owner::{OwnedRoom, PendingOwnership};
+use owner::{HandoffQueue, Moved, OwnedRoom, PendingOwnership};
+
+/// The local subscribers of a room at one moment: shared by the `Fanout`s made then, copied
+/// only when the list changes while one of them is still being carried out.
+pub type Subscribers<H> = Arc<Vec<(ConnId, H)>>;
 
 /// Router settings.
 #[derive(Debug, Clone, Copy)]
@@ -127,9 +134,10 @@ pub enum Action<H> {
         frame: ByteString,
         accepted_us: u64,
     },
-    /// Send one event frame to every local subscriber of `room` (see [`Router::subscribers`]).
+    /// Send one event frame to every connection in `subs` (the room's local subscribers when
+    /// the event was accepted: exactly those whose join position precedes it).
     Fanout {
-        room: RoomId,
+        subs: Subscribers<H>,
         frame: ByteString,
         accepted_us: u64,
     },
@@ -152,6 +160,18 @@ pub struct RouterStats {
     pub stale_events: u64,
     /// Local connections closed because their room lost messages.
     pub evictions: u64,
+    /// Rooms this node started in a new epoch (new rooms, or a dead owner's).
+    pub fresh_epochs: u64,
+    /// Handoff snapshots sent (first sends and re-sends).
+    pub handoffs_sent: u64,
+    /// Handoff snapshots confirmed by their receiver.
+    pub handoffs_confirmed: u64,
+    /// Handoff snapshots re-aimed after a link reset or their receiver's departure.
+    pub handoffs_resent: u64,
+    /// Handoffs that met a room already sequenced here in another epoch (kept the local one).
+    pub handoff_conflicts: u64,
+    /// Requests re-sent because the node asked refused them while the room moved.
+    pub retries: u64,
 }
 
 /// The routing state machine for a set of rooms on one node.
@@ -169,8 +189,13 @@ pub struct Router<H> {
     owned: HashMap<RoomId, OwnedRoom>,
     /// Rooms this node is about to own, waiting for a previous owner's state.
     pending_owner: HashMap<RoomId, PendingOwnership>,
-    /// Rooms this node handed to another node, and until when it refuses requests for them.
-    moved: HashMap<RoomId, (NodeId, u64)>,
+    /// Rooms this node handed to another node: their snapshots until confirmed, and until
+    /// when requests for them are refused with a hint to the new owner.
+    moved: HashMap<RoomId, Moved>,
+    /// Unasked handoffs waiting for the flow-control window.
+    handoffs: HandoffQueue,
+    /// Where refusals and events said rooms went, ahead of this node's view (until when).
+    hints: HashMap<RoomId, (NodeId, u64)>,
     /// Publishes and history reads waiting for the owner, by token.
     pending: HashMap<u64, PendingReq<H>>,
     next_token: u64,
@@ -191,6 +216,8 @@ impl<H: Clone> Router<H> {
             owned: HashMap::new(),
             pending_owner: HashMap::new(),
             moved: HashMap::new(),
+            handoffs: HandoffQueue::default(),
+            hints: HashMap::new(),
             pending: HashMap::new(),
             next_token: 1,
             now_us: 0,
@@ -236,7 +263,10 @@ impl<H: Clone> Router<H> {
             Input::Peer { from, msg } => self.on_peer(from, msg, out),
             Input::Members(members) => self.set_members(members.clone(), members, out),
             Input::View { eligible, live } => self.set_members(eligible, live, out),
-            Input::PeerReset(node) => self.peer_reset(&node, out),
+            Input::PeerReset(node) => {
+                self.peer_reset(&node, out);
+                self.peer_reset_owner_side(&node, out);
+            }
             Input::Tick => {
                 self.tick_members(out);
                 self.tick_owned(out);
@@ -249,17 +279,14 @@ impl<H: Clone> Router<H> {
         }
     }
 
-    /// The local subscribers of `room`, to carry out a [`Action::Fanout`].
-    pub fn subscribers(&self, room: &RoomId) -> impl Iterator<Item = (ConnId, &H)> + '_ {
-        self.member_rooms
-            .get(room)
-            .into_iter()
-            .flat_map(|r| r.subs.iter().map(|(c, h)| (*c, h)))
-    }
-
     /// Rooms this node owns (sequences) now.
     pub fn owned_rooms(&self) -> usize {
         self.owned.len()
+    }
+
+    /// Rooms handed away whose new owner has not confirmed them yet (drain waits for zero).
+    pub fn unconfirmed_handoffs(&self) -> usize {
+        self.handoffs.unconfirmed
     }
 
     /// Rooms with local subscribers or joins in progress.
@@ -280,6 +307,21 @@ impl<H: Clone> Router<H> {
         hash::owner(room, &self.members)
             .cloned()
             .unwrap_or_else(|| self.me.clone())
+    }
+
+    /// Where requests for `room` go: a fresh hint (the node a refusal or the feed said holds
+    /// the room now — it may be newer than this node's view) until the view catches up, else
+    /// the view's owner.
+    fn route(&self, room: &RoomId) -> NodeId {
+        match self.hints.get(room) {
+            Some((n, until)) if *until > self.now_us => n.clone(),
+            _ => self.owner_of(room),
+        }
+    }
+
+    fn set_hint(&mut self, room: &RoomId, node: NodeId) {
+        let until = self.now_us + owner::MOVED_TTL_US;
+        self.hints.insert(room.clone(), (node, until));
     }
 
     /// True if `node` is live in this node's view (before any view: everyone is assumed live).
@@ -335,9 +377,15 @@ impl<H: Clone> Router<H> {
                 history,
                 recovered,
             } => self.on_history_resp(room, token, epoch, seq, history, recovered, out),
-            PeerMsg::Refused { room, token, error } => self.on_refused(room, token, error, out),
+            PeerMsg::Refused {
+                room,
+                token,
+                error,
+                owner,
+            } => self.on_refused(from, room, token, error, owner, out),
             PeerMsg::HandoffQuery { room } => self.on_handoff_query(from, room, out),
             PeerMsg::Handoff { room, state } => self.on_handoff(from, room, state, out),
+            PeerMsg::HandoffAck { room, .. } => self.on_handoff_ack(from, room, out),
         }
     }
 
@@ -364,6 +412,15 @@ impl<H: Clone> Router<H> {
             .filter(|n| self.live.binary_search(n).is_err())
             .cloned()
             .collect();
+        // Hints the view has caught up with, or that point at departed nodes, are done.
+        let now = self.now_us;
+        let members = std::mem::take(&mut self.members);
+        self.hints.retain(|room, (n, until)| {
+            *until > now
+                && !departed.contains(n)
+                && hash::owner(room, &members).is_some_and(|o| o != n)
+        });
+        self.members = members;
         self.members_changed_member_side(&departed, out);
         self.members_changed_owner_side(&departed, out);
     }

@@ -2,15 +2,26 @@
 //! owns, and the handoff of that state when ownership moves between live nodes.
 //!
 //! Handoff. When a node stops owning a room while alive (a node joined and outranks it, or it
-//! is draining), it stops sequencing the room and sends its state (`Handoff`) to the new
-//! owner, then refuses requests for the room for a while (`moved`). A node about to own a room
-//! it has no state for asks the nodes that may have owned it (`HandoffQuery`) — shortly after a
-//! view change only; in a stable cluster a room is new when its owner has no state — and holds
-//! requests for the room until they answered or [`HANDOFF_WAIT_US`] passed. So the room keeps
-//! its epoch, seq and history, and subscribers resume across the move with no gap. A dead
-//! owner cannot answer: its rooms start a new epoch (until replication exists).
+//! is draining), it stops sequencing the room *in the same step* as it snapshots the state,
+//! and keeps the snapshot (`moved`) until the new owner confirms it (`HandoffAck`). Meanwhile
+//! it refuses requests for the room with a hint naming the new owner (members re-send there at
+//! once). A snapshot whose link was reset is sent again; one whose receiver left is sent to the
+//! room's owner in the current view (or taken back). Unasked handoffs are flow-controlled: at
+//! most [`HANDOFF_WINDOW`] snapshots or [`HANDOFF_WINDOW_BYTES`] per router are unconfirmed at
+//! once, the rest wait their turn, so thousands of rooms with full histories never overflow a
+//! link (an overflow resets the link; the snapshots are then re-sent, never lost).
+//!
+//! A node about to own a room it has no state for asks every live node (`HandoffQuery`) —
+//! shortly after a view change only; in a stable cluster a room is new when its owner has no
+//! state — and holds requests for the room until all answered or [`HANDOFF_WAIT_US`] passed. A
+//! queried node that holds the room (owned, or a snapshot not yet confirmed) hands it over at
+//! once. So the room keeps its epoch, seq and history, and subscribers resume across the move
+//! with no gap. A dead owner cannot answer: its rooms start a new epoch (until replication
+//! exists), counted in `RouterStats::fresh_epochs`.
 
 use std::collections::VecDeque;
+
+use bytestring::ByteString;
 
 use super::history::History;
 use super::{Action, HistEntry, PeerError, PeerMsg, RoomState, Router};
@@ -21,10 +32,16 @@ use crate::protocol::encode;
 const HANDOFF_WINDOW_US: u64 = 30_000_000;
 /// How long requests for a room wait for previous owners' answers.
 const HANDOFF_WAIT_US: u64 = 2_000_000;
-/// How long a node refuses requests for a room it handed away.
-const MOVED_TTL_US: u64 = 10_000_000;
+/// How long a node refuses requests for a room it handed away (with a hint to the new owner),
+/// counted from the new owner's confirmation.
+pub(super) const MOVED_TTL_US: u64 = 10_000_000;
 /// Requests held per room while its state is awaited; more are refused as unavailable.
 const MAX_DEFERRED: usize = 4096;
+/// Unconfirmed unasked handoffs per router at most (a router is one shard of a node).
+pub(super) const HANDOFF_WINDOW: usize = 32;
+/// Bytes of unconfirmed unasked handoffs per router at most (one larger snapshot may still go
+/// alone). Four shards keep well under a link's 64 MiB queue.
+pub(super) const HANDOFF_WINDOW_BYTES: usize = 4 * 1024 * 1024;
 
 /// A room this node sequences.
 pub(super) struct OwnedRoom {
@@ -45,12 +62,37 @@ pub(super) struct PendingOwnership {
     queued: VecDeque<(NodeId, PeerMsg)>,
 }
 
+/// A room this node handed away: requests for it are refused with a hint to `to`, and the
+/// snapshot is kept until `to` confirms it.
+pub(super) struct Moved {
+    to: NodeId,
+    /// Refused with the hint until then (while `state` is kept, always).
+    until_us: u64,
+    /// The snapshot, until the receiver's `HandoffAck`.
+    state: Option<RoomState>,
+    /// Whether `state` is on a link (counted in the window) rather than waiting its turn.
+    sent: bool,
+    /// `approx_size` of the Handoff carrying `state`.
+    bytes: usize,
+}
+
+/// Unasked handoffs waiting for the window, and what the window holds now.
+#[derive(Default)]
+pub(super) struct HandoffQueue {
+    waiting: VecDeque<RoomId>,
+    in_flight: usize,
+    in_flight_bytes: usize,
+    /// Snapshots not yet confirmed (sent or waiting): drain waits for zero.
+    pub(super) unconfirmed: usize,
+}
+
 /// Can this node serve a request for the room now?
 enum Ownership {
     Ready,
     /// The room's state is awaited; the request must be held.
     Deferred,
-    NotOwner,
+    /// Not this node's; `Some`: it was handed to that node.
+    NotOwner(Option<NodeId>),
 }
 
 impl OwnedRoom {
@@ -96,17 +138,18 @@ impl<H: Clone> Router<H> {
         if self.pending_owner.contains_key(room) {
             return Ownership::Deferred;
         }
-        if let Some((_, until)) = self.moved.get(room) {
-            if *until > self.now_us {
-                return Ownership::NotOwner;
+        if let Some(m) = self.moved.get(room) {
+            if m.state.is_some() || m.until_us > self.now_us {
+                return Ownership::NotOwner(Some(m.to.clone()));
             }
             self.moved.remove(room);
         }
         if self.owner_of(room) != self.me {
-            return Ownership::NotOwner;
+            return Ownership::NotOwner(None);
         }
-        let candidates = self.previous_owners(room);
+        let candidates = self.previous_owners();
         if candidates.is_empty() {
+            self.stats.fresh_epochs += 1;
             self.owned
                 .insert(room.clone(), OwnedRoom::fresh(&self.me, self.now_us));
             return Ownership::Ready;
@@ -126,32 +169,20 @@ impl<H: Clone> Router<H> {
         Ownership::Deferred
     }
 
-    /// Live nodes that may hold `room`'s state: its owner without this node (if this node is
-    /// new), and its owner counting draining nodes (if that one is draining). Only shortly
-    /// after a view change; otherwise a room without state here is new.
-    fn previous_owners(&self, room: &RoomId) -> Vec<NodeId> {
-        if self.now_us.saturating_sub(self.view_changed_us) > HANDOFF_WINDOW_US
-            || self.live.len() < 2
-        {
+    /// Live nodes that may hold a room's state: every other live node (draining ones too),
+    /// only shortly after a view change; otherwise a room without state here is new. Asking
+    /// all, not just the owners this node's view implies, finds the state wherever views that
+    /// disagreed for a moment put it (a restarted node that has not yet seen every member
+    /// would otherwise ask the wrong one and open a new epoch beside the real one).
+    fn previous_owners(&self) -> Vec<NodeId> {
+        if self.now_us.saturating_sub(self.view_changed_us) > HANDOFF_WINDOW_US {
             return Vec::new();
         }
-        let mut c: Vec<NodeId> = Vec::new();
-        let others: Vec<NodeId> = self
-            .members
+        self.live
             .iter()
             .filter(|n| **n != self.me)
             .cloned()
-            .collect();
-        if let Some(p) = super::hash::owner(room, &others) {
-            c.push(p.clone());
-        }
-        if let Some(p) = super::hash::owner(room, &self.live)
-            && *p != self.me
-            && !c.contains(p)
-        {
-            c.push(p.clone());
-        }
-        c
+            .collect()
     }
 
     /// Holds `msg` until the room's state is known, or refuses it when too many wait.
@@ -163,7 +194,7 @@ impl<H: Clone> Router<H> {
             p.queued.push_back((from, msg));
             return;
         }
-        self.refuse_msg(from, &msg, PeerError::Unavailable, out);
+        self.refuse_msg(from, &msg, PeerError::Unavailable, None, out);
     }
 
     fn refuse_msg(
@@ -171,6 +202,7 @@ impl<H: Clone> Router<H> {
         to: NodeId,
         msg: &PeerMsg,
         error: PeerError,
+        owner: Option<NodeId>,
         out: &mut Vec<Action<H>>,
     ) {
         let token = match msg {
@@ -185,6 +217,7 @@ impl<H: Clone> Router<H> {
                 room: msg.room().clone(),
                 token,
                 error,
+                owner,
             },
             out,
         );
@@ -198,8 +231,8 @@ impl<H: Clone> Router<H> {
                 self.defer(from.clone(), msg.clone(), out);
                 false
             }
-            Ownership::NotOwner => {
-                self.refuse_msg(from.clone(), msg, PeerError::NotOwner, out);
+            Ownership::NotOwner(hint) => {
+                self.refuse_msg(from.clone(), msg, PeerError::NotOwner, hint, out);
                 false
             }
         }
@@ -267,7 +300,7 @@ impl<H: Clone> Router<H> {
         room: RoomId,
         token: u64,
         conn: ConnName,
-        data: String,
+        data: ByteString,
         out: &mut Vec<Action<H>>,
     ) {
         let now_us = self.now_us;
@@ -354,19 +387,148 @@ impl<H: Clone> Router<H> {
         self.send(from, msg, out);
     }
 
-    /// A node about to own `room` asks for its state: give it up if this node has it.
+    /// A node about to own `room` asks for its state: hand it over at once if this node holds
+    /// it (owned, or a snapshot not yet confirmed), else say it has none.
     pub(super) fn on_handoff_query(
         &mut self,
         from: NodeId,
         room: RoomId,
         out: &mut Vec<Action<H>>,
     ) {
-        let state = self.owned.remove(&room).map(OwnedRoom::into_state);
-        if state.is_some() {
-            self.moved
-                .insert(room.clone(), (from.clone(), self.now_us + MOVED_TTL_US));
+        if let Some(r) = self.owned.remove(&room) {
+            self.hand_off(room.clone(), from, r.into_state());
+            self.send_snapshot_now(&room, out);
+            return;
         }
-        self.send(from, PeerMsg::Handoff { room, state }, out);
+        let retarget = match self.moved.get(&room) {
+            Some(m) if m.state.is_some() => {
+                if m.to == from {
+                    self.send_snapshot_now(&room, out);
+                    return;
+                }
+                // Views disagree about who owns the room. A snapshot still waiting here goes
+                // to the asker when this node's view agrees with it; one already on its way
+                // elsewhere stays there (two copies could both be sequenced).
+                !m.sent && self.owner_of(&room) == from
+            }
+            _ => false,
+        };
+        if retarget {
+            if let Some(m) = self.moved.get_mut(&room) {
+                m.to = from;
+            }
+            self.send_snapshot_now(&room, out);
+            return;
+        }
+        self.send(from, PeerMsg::Handoff { room, state: None }, out);
+    }
+
+    /// Stops owning `room`: keeps its snapshot for `to` until confirmed and queues it for the
+    /// handoff window (the caller removed it from `owned` in the same step, so nothing is
+    /// sequenced after the snapshot).
+    fn hand_off(&mut self, room: RoomId, to: NodeId, state: RoomState) {
+        let bytes = PeerMsg::Handoff {
+            room: room.clone(),
+            state: None,
+        }
+        .approx_size()
+            + state
+                .history
+                .iter()
+                .map(|e| e.frame.len() + 24)
+                .sum::<usize>();
+        if let Some(old) = self.moved.remove(&room) {
+            self.forget_snapshot(&old);
+        }
+        self.moved.insert(
+            room.clone(),
+            Moved {
+                to,
+                until_us: self.now_us + MOVED_TTL_US,
+                state: Some(state),
+                sent: false,
+                bytes,
+            },
+        );
+        self.handoffs.unconfirmed += 1;
+        self.handoffs.waiting.push_back(room);
+    }
+
+    /// Takes a snapshot's share of the window and the unconfirmed count back.
+    fn forget_snapshot(&mut self, m: &Moved) {
+        if m.state.is_some() {
+            self.handoffs.unconfirmed -= 1;
+            if m.sent {
+                self.handoffs.in_flight -= 1;
+                self.handoffs.in_flight_bytes -= m.bytes;
+            }
+        }
+    }
+
+    /// Sends `room`'s snapshot now, outside the window's order (someone is waiting for it).
+    /// A snapshot already sent is sent again: the receiver confirms duplicates.
+    fn send_snapshot_now(&mut self, room: &RoomId, out: &mut Vec<Action<H>>) {
+        let Some(m) = self.moved.get_mut(room) else {
+            return;
+        };
+        let Some(state) = m.state.clone() else {
+            return;
+        };
+        if !m.sent {
+            m.sent = true;
+            self.handoffs.in_flight += 1;
+            self.handoffs.in_flight_bytes += m.bytes;
+        }
+        let to = m.to.clone();
+        self.stats.handoffs_sent += 1;
+        self.send(
+            to,
+            PeerMsg::Handoff {
+                room: room.clone(),
+                state: Some(state),
+            },
+            out,
+        );
+    }
+
+    /// Sends waiting snapshots while the window has room (at least one when it is empty).
+    pub(super) fn pump_handoffs(&mut self, out: &mut Vec<Action<H>>) {
+        while self.handoffs.in_flight < HANDOFF_WINDOW
+            && (self.handoffs.in_flight == 0
+                || self.handoffs.in_flight_bytes < HANDOFF_WINDOW_BYTES)
+        {
+            let Some(room) = self.handoffs.waiting.pop_front() else {
+                return;
+            };
+            // Entries confirmed, re-sent on demand or taken back meanwhile are skipped.
+            if self
+                .moved
+                .get(&room)
+                .is_some_and(|m| m.state.is_some() && !m.sent)
+            {
+                self.send_snapshot_now(&room, out);
+            }
+        }
+    }
+
+    /// The new owner holds the state: forget the snapshot, free its window share.
+    pub(super) fn on_handoff_ack(&mut self, from: NodeId, room: RoomId, out: &mut Vec<Action<H>>) {
+        let now = self.now_us;
+        if let Some(m) = self.moved.get_mut(&room)
+            && m.to == from
+            && m.state.is_some()
+        {
+            m.state = None;
+            m.until_us = now + MOVED_TTL_US;
+            let sent = std::mem::take(&mut m.sent);
+            self.handoffs.unconfirmed -= 1;
+            if sent {
+                self.handoffs.in_flight -= 1;
+                self.handoffs.in_flight_bytes -= m.bytes;
+            }
+            self.stats.handoffs_confirmed += 1;
+        }
+        self.pump_handoffs(out);
     }
 
     /// A previous owner's state (or its answer that it has none).
@@ -377,6 +539,18 @@ impl<H: Clone> Router<H> {
         state: Option<RoomState>,
         out: &mut Vec<Action<H>>,
     ) {
+        if let Some(s) = &state {
+            // Confirm first: whatever happens below, this node now answers for the state.
+            self.send(
+                from.clone(),
+                PeerMsg::HandoffAck {
+                    room: room.clone(),
+                    epoch: s.epoch.clone(),
+                    seq: s.seq,
+                },
+                out,
+            );
+        }
         if let Some(p) = self.pending_owner.get_mut(&room) {
             p.waiting.retain(|n| *n != from);
             if let Some(s) = state {
@@ -391,23 +565,40 @@ impl<H: Clone> Router<H> {
             return;
         }
         let Some(s) = state else { return };
-        self.moved.remove(&room);
+        // A snapshot of ours that comes back (views flapped) or a newer one supersedes it.
+        if let Some(m) = self.moved.get(&room) {
+            let dup = m
+                .state
+                .as_ref()
+                .is_some_and(|own| own.epoch == s.epoch && own.seq >= s.seq);
+            if dup {
+                return;
+            }
+            if let Some(m) = self.moved.remove(&room) {
+                self.forget_snapshot(&m);
+            }
+        }
+        let limits = self.cfg.history;
         match self.owned.get_mut(&room) {
             None => {
-                let limits = self.cfg.history;
                 self.owned.insert(room, OwnedRoom::from_state(s, &limits));
             }
-            // A room this node created but has not used yet yields to the handed state.
-            Some(r) if r.seq == 0 && r.history.is_empty() => {
+            // The same state again (a re-send after a link reset), or an older one of it.
+            Some(r) if r.epoch == s.epoch && r.seq >= s.seq => {}
+            // A room this node created but has not used yet, or a shorter copy of the same
+            // epoch, yields to the handed state.
+            Some(r) if (r.seq == 0 && r.history.is_empty()) || r.epoch == s.epoch => {
                 let mut interested = std::mem::take(&mut r.interested);
-                let limits = self.cfg.history;
                 let mut new = OwnedRoom::from_state(s, &limits);
                 interested.retain(|n| !new.interested.contains(n));
                 new.interested.extend(interested);
                 self.owned.insert(room, new);
             }
             Some(_) => {
-                tracing::warn!(%room, from = %from, "a handoff arrived for a room already in use here; kept the local state");
+                // Both sides sequenced the room in different epochs (possible only when views
+                // disagreed around a failure): neither can be renumbered, keep the local one.
+                self.stats.handoff_conflicts += 1;
+                tracing::warn!(%room, from = %from, "a handoff arrived for a room already in use here in another epoch; kept the local state");
             }
         }
     }
@@ -420,7 +611,10 @@ impl<H: Clone> Router<H> {
         let limits = self.cfg.history;
         let owned = match p.found {
             Some(s) => OwnedRoom::from_state(s, &limits),
-            None => OwnedRoom::fresh(&self.me, self.now_us),
+            None => {
+                self.stats.fresh_epochs += 1;
+                OwnedRoom::fresh(&self.me, self.now_us)
+            }
         };
         self.owned.insert(room.clone(), owned);
         for (from, msg) in p.queued {
@@ -455,7 +649,8 @@ impl<H: Clone> Router<H> {
     }
 
     /// After a view change: forget interest of departed nodes, hand rooms this node no longer
-    /// owns to their new owners, and stop waiting for departed previous owners.
+    /// owns to their new owners, re-aim snapshots whose receiver left, and stop waiting for
+    /// departed previous owners.
     pub(super) fn members_changed_owner_side(
         &mut self,
         departed: &[NodeId],
@@ -471,25 +666,26 @@ impl<H: Clone> Router<H> {
                 continue;
             }
             if let Some(r) = self.owned.remove(&room) {
-                self.moved
-                    .insert(room.clone(), (owner.clone(), self.now_us + MOVED_TTL_US));
-                self.send(
-                    owner,
-                    PeerMsg::Handoff {
-                        room,
-                        state: Some(r.into_state()),
-                    },
-                    out,
-                );
+                self.hand_off(room, owner, r.into_state());
             }
         }
+        let orphans: Vec<RoomId> = self
+            .moved
+            .iter()
+            .filter(|(_, m)| m.state.is_some() && !self.is_member(&m.to))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in orphans {
+            self.retarget_snapshot(&room);
+        }
+        self.pump_handoffs(out);
         let pending: Vec<RoomId> = self.pending_owner.keys().cloned().collect();
         for room in pending {
             if self.owner_of(&room) != self.me {
                 // Not ours after all: refuse what was held (the senders retry elsewhere).
                 if let Some(p) = self.pending_owner.remove(&room) {
                     for (from, msg) in p.queued {
-                        self.refuse_msg(from, &msg, PeerError::NotOwner, out);
+                        self.refuse_msg(from, &msg, PeerError::NotOwner, None, out);
                     }
                 }
                 continue;
@@ -505,6 +701,40 @@ impl<H: Clone> Router<H> {
                 self.resolve_pending(&room, out);
             }
         }
+    }
+
+    /// A snapshot's receiver is gone (or the link to it was reset before it confirmed): send
+    /// it to the room's owner in the current view, or take the room back if that is this node.
+    fn retarget_snapshot(&mut self, room: &RoomId) {
+        let Some(m) = self.moved.remove(room) else {
+            return;
+        };
+        let owner = self.owner_of(room);
+        self.forget_snapshot(&m);
+        let Some(state) = m.state else { return };
+        if owner == self.me {
+            let limits = self.cfg.history;
+            self.owned
+                .insert(room.clone(), OwnedRoom::from_state(state, &limits));
+        } else {
+            self.stats.handoffs_resent += 1;
+            self.hand_off(room.clone(), owner, state);
+        }
+    }
+
+    /// The link to `node` was reset: snapshots sent to it and not confirmed may be lost. Send
+    /// them again (to the room's owner in the current view, which is usually `node` still).
+    pub(super) fn peer_reset_owner_side(&mut self, node: &NodeId, out: &mut Vec<Action<H>>) {
+        let rooms: Vec<RoomId> = self
+            .moved
+            .iter()
+            .filter(|(_, m)| m.state.is_some() && m.sent && m.to == *node)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in rooms {
+            self.retarget_snapshot(&room);
+        }
+        self.pump_handoffs(out);
     }
 
     /// Expires history, drops rooms nobody follows whose history is gone, stops waiting for
@@ -526,6 +756,7 @@ impl<H: Clone> Router<H> {
             tracing::debug!(%room, "previous owners did not answer; taking the room over as it is");
             self.resolve_pending(&room, out);
         }
-        self.moved.retain(|_, (_, until)| *until > now);
+        self.moved
+            .retain(|_, m| m.state.is_some() || m.until_us > now);
     }
 }

@@ -234,6 +234,86 @@ async fn a_node_restarted_with_the_same_id_rejoins() {
     assert_eq!(s0.events(&room, 1).await[0]["seq"], seq);
 }
 
+/// Issue 8, (i) and (ii) as a user saw them: a node SIGKILLed and restarted with the same id
+/// takes its rooms back under traffic. Joins on it must succeed the first time (no
+/// `unavailable` while the rooms move) and a subscriber that joined without `since` must never
+/// receive a message from before its join.
+#[tokio::test]
+async fn a_killed_node_restarts_and_takes_its_rooms_back_without_errors_or_misdelivery() {
+    let mut c = Cluster::start(3, &["--publish-rate", "0"]).await;
+    let ids = c.ids();
+    let rooms: Vec<String> = (0..8)
+        .map(|i| c.room_owned_by(2, &ids, &format!("back{i}")))
+        .collect();
+    let args = c.nodes[2].args.clone();
+    c.nodes[2].kill();
+    Cluster::wait_live_set(&c.nodes[0], &ids[..2]).await;
+    Cluster::wait_live_set(&c.nodes[1], &ids[..2]).await;
+    // Traffic on every room, through the restart (a background publisher on node 1).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_publisher = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut p = c.nodes[1].connect().await;
+    let publisher = {
+        let stop = stop_publisher.clone();
+        let rooms = rooms.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let room = &rooms[(n % rooms.len() as u64) as usize];
+                let _ = p
+                    .request(json!({"op":"publish","room":room,"data":n}))
+                    .await;
+                n += 1;
+            }
+            n
+        })
+    };
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    c.nodes[2] = Node::start(&refs);
+    // Joiners on node 2, round after round, while it takes its rooms back and after.
+    let url = c.nodes[2].ws_url();
+    let joiners: Vec<_> = (0..4)
+        .map(|j| {
+            let (url, rooms, stop) = (url.clone(), rooms.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut rounds, mut after) = (0, 0);
+                while after < 2 {
+                    if stop.load(std::sync::atomic::Ordering::Acquire) {
+                        after += 1;
+                    }
+                    let mut s = Client::connect(&url).await;
+                    let mut joined: Vec<(Value, u64)> = Vec::new();
+                    for room in &rooms {
+                        let r = s.request(json!({"op":"join","room":room})).await;
+                        assert_eq!(r["ok"], true, "joiner {j} round {rounds}: join {room}: {r}");
+                        joined.push((r["epoch"].clone(), r["seq"].as_u64().unwrap()));
+                    }
+                    for (room, (epoch, seq)) in rooms.iter().zip(&joined) {
+                        for e in s.events(room, 1).await {
+                            assert!(
+                                e["epoch"] != *epoch || e["seq"].as_u64().unwrap() > *seq,
+                                "joiner {j} round {rounds}: joined {room} at {epoch}/{seq} \
+                                 without since, got {e}"
+                            );
+                        }
+                    }
+                    rounds += 1;
+                }
+                rounds
+            })
+        })
+        .collect();
+    c.wait_converged().await;
+    // Each joiner does two more rounds once the cluster has converged.
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for j in joiners {
+        assert!(j.await.unwrap() >= 2);
+    }
+    stop_publisher.store(true, std::sync::atomic::Ordering::Release);
+    let published = publisher.await.unwrap();
+    assert!(published > 0);
+}
+
 #[tokio::test]
 async fn a_fourth_node_takes_over_some_rooms_and_subscribers_follow() {
     let mut c = Cluster::start(3, &["--publish-rate", "0"]).await;

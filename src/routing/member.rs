@@ -721,8 +721,17 @@ impl<H: Clone> Router<H> {
         // A hint names the node the room was handed to; the refusing node has a link to it
         // even when this node's view has not met it yet.
         let hint = hint.filter(|h| *h != from);
-        if moving && let Some(h) = &hint {
-            self.set_hint(&room, h.clone());
+        if moving {
+            match &hint {
+                Some(h) => self.set_hint(&room, h.clone()),
+                // The node a hint sent us to does not have the room: forget the hint, the
+                // view decides again.
+                None => {
+                    if self.hints.get(&room).is_some_and(|(n, _)| *n == from) {
+                        self.hints.remove(&room);
+                    }
+                }
+            }
         }
         let retry_at = self.now_us + RETRY_US;
         if let Some(p) = self.pending.get_mut(&token) {

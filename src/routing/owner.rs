@@ -565,13 +565,14 @@ impl<H: Clone> Router<H> {
             return;
         }
         let Some(s) = state else { return };
-        // A snapshot of ours that comes back (views flapped) or a newer one supersedes it.
+        // The room comes back (views flapped: its receiver hands it back, maybe before its
+        // confirmation reached us) or a newer state supersedes our snapshot. Only an older copy
+        // of our own snapshot — or the same one from a third node — is stale.
         if let Some(m) = self.moved.get(&room) {
-            let dup = m
-                .state
-                .as_ref()
-                .is_some_and(|own| own.epoch == s.epoch && own.seq >= s.seq);
-            if dup {
+            let stale = m.state.as_ref().is_some_and(|own| {
+                own.epoch == s.epoch && (own.seq > s.seq || (own.seq == s.seq && m.to != from))
+            });
+            if stale {
                 return;
             }
             if let Some(m) = self.moved.remove(&room) {

@@ -1276,3 +1276,64 @@ fn ten_thousand_full_rooms_move_within_the_handoff_window() {
     s.settle();
     assert_eq!(published(&s.replies(8)), vec![6]);
 }
+
+/// Views flap: a hands r to b, and b hands it straight back having sequenced nothing. a takes
+/// it back in the same epoch (a regression test for flapping views; the confirmation travels
+/// ahead of the hand-back on the ordered link, so a's snapshot is already forgotten).
+#[test]
+fn a_room_handed_back_unchanged_is_taken_back() {
+    let mut s = Sim::new(&["a", "b"]);
+    let r = room_owned_by("a", &["a", "b"]);
+    for i in 1..=3 {
+        s.publish("a", 9, &r, &format!("{i}"));
+    }
+    s.settle();
+    assert_eq!(published(&s.replies(9)), vec![1, 2, 3]);
+    // a stops being eligible, then is again, before anything is delivered.
+    view(&mut s, &["a"], &["b"], &["a", "b"]);
+    view(&mut s, &["b"], &["b"], &["a", "b"]);
+    s.pump_one("a", "b"); // the handoff reaches b; b confirms and owns r
+    view(&mut s, &["a", "b"], &["a", "b"], &["a", "b"]); // b hands it back
+    s.settle();
+    assert_eq!(s.nodes[&node("a")].owned_rooms(), 1);
+    assert_eq!(s.nodes[&node("b")].owned_rooms(), 0);
+    s.publish("b", 8, &r, "4");
+    s.settle();
+    assert_eq!(published(&s.replies(8)), vec![4]);
+    assert_eq!(
+        s.nodes[&node("a")].stats().fresh_epochs,
+        1,
+        "only the first"
+    );
+}
+
+/// A hint that leads to a node without the room is dropped at its first refusal, so requests
+/// go back to following the view instead of bouncing off the hinted node until it expires.
+#[test]
+fn a_hint_that_leads_nowhere_is_dropped() {
+    let nodes = ["a", "b", "c"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("b", &nodes);
+    // a's publish (token 1) is lost; a refusal claiming the room went to c arrives instead.
+    s.publish("a", 9, &r, "1");
+    s.drop_link_queue("a", "b");
+    s.input(
+        "a",
+        Input::Peer {
+            from: node("b"),
+            msg: PeerMsg::Refused {
+                room: r.clone(),
+                token: 1,
+                error: PeerError::NotOwner,
+                owner: Some(node("c")),
+            },
+        },
+    );
+    // c has no such room and names nobody: a drops the hint; the next retry follows the view.
+    s.settle();
+    assert!(s.replies(9).is_empty());
+    s.now_us += 300_000;
+    s.input("a", Input::Tick);
+    s.settle();
+    assert_eq!(published(&s.replies(9)), vec![1]);
+}

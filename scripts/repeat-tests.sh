@@ -3,71 +3,69 @@
 # check that CI can be trusted (a flaky test is a bug in the product or the test — this finds
 # it; it never retries anything away).
 #
-#   scripts/repeat-tests.sh N            cluster tests and the compose test, N rounds
-#   NO_DOCKER=1 scripts/repeat-tests.sh N   without the compose test
-#   TESTS="name ..." scripts/repeat-tests.sh N   only these cluster tests
+#   scripts/repeat-tests.sh N                  N rounds of the cluster, bench and compose suites
+#   NO_DOCKER=1 scripts/repeat-tests.sh N      without the compose suite
+#   SUITES="cluster" scripts/repeat-tests.sh N only these test binaries (tests/NAME.rs)
 #
-# Each round runs each test on its own (in order, one at a time), so a failure names its test
-# and round; the output of every failed run is kept in $OUT (default target/repeat-tests/).
-# Prints a table of passes and failures per test and exits non-zero if anything failed.
+# A round runs each suite as `cargo test` in CI does: the whole test binary, its tests in
+# parallel (rolling restarts, drains, kills, restarts, scale-out next to each other, as they
+# are in CI), then the compose suite (a `docker-compose restart` of every node under load).
+# Every test's result is counted; the output of every failed run is kept in $OUT (default
+# target/repeat-tests/). Prints passes and failures per test and exits non-zero if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n="${1:?usage: scripts/repeat-tests.sh N}"
 out="${OUT:-target/repeat-tests}"
 mkdir -p "$out"
 
-cluster_tests=(${TESTS:-
-  a_rolling_restart_under_traffic_loses_no_acknowledged_message
-  draining_a_node_hints_its_clients_and_hands_over_its_rooms
-  a_killed_node_restarts_and_takes_its_rooms_back_without_errors_or_misdelivery
-  a_node_restarted_with_the_same_id_rejoins
-  killing_a_node_moves_its_rooms_to_a_new_epoch_and_the_rest_keeps_working
-  a_fourth_node_takes_over_some_rooms_and_subscribers_follow
-})
-docker_test=the_compose_cluster_routes_is_monitored_and_drains_without_loss
-run_docker=1
-if [ -n "${NO_DOCKER:-}" ] || [ -n "${TESTS:-}" ]; then run_docker=0; fi
-if [ "$run_docker" = 1 ] && ! docker info >/dev/null 2>&1; then
-  echo "repeat-tests: no Docker daemon answers; skipping the compose test (NO_DOCKER=1 to silence)"
-  run_docker=0
+suites=(${SUITES:-cluster bench docker})
+if [ -n "${NO_DOCKER:-}" ]; then
+  suites=("${suites[@]/docker/}")
 fi
+if [[ " ${suites[*]} " == *" docker "* ]] && ! docker info >/dev/null 2>&1; then
+  echo "repeat-tests: no Docker daemon answers; the compose suite would only skip (NO_DOCKER=1)" >&2
+  exit 2
+fi
+targets=()
+for s in "${suites[@]}"; do [ -n "$s" ] && targets+=(--test "$s"); done
 
-echo "repeat-tests: building the tests once"
-cargo test --no-run --test cluster --test docker >/dev/null 2>&1 || cargo test --no-run --test cluster --test docker
+echo "repeat-tests: building ${targets[*]} once"
+cargo test --no-run "${targets[@]}"
 
 declare -A pass fail
-all=("${cluster_tests[@]}")
-[ "$run_docker" = 1 ] && all+=("$docker_test")
-for t in "${all[@]}"; do pass[$t]=0; fail[$t]=0; done
-
+order=()
+failed_runs=0
 started=$SECONDS
 for round in $(seq 1 "$n"); do
-  for t in "${all[@]}"; do
-    suite=cluster
-    [ "$t" = "$docker_test" ] && suite=docker
-    log="$out/round$round-$t.log"
+  for s in "${suites[@]}"; do
+    [ -n "$s" ] || continue
+    log="$out/round$round-$s.log"
     t0=$SECONDS
-    if cargo test --test "$suite" -- --exact "$t" >"$log" 2>&1 \
-      && grep -q "test result: ok. 1 passed" "$log"; then
-      pass[$t]=$((pass[$t] + 1))
+    status=0
+    cargo test --test "$s" >"$log" 2>&1 || status=$?
+    # One line per test: "test NAME ... ok" / "... FAILED".
+    while read -r name verdict; do
+      key="$s::$name"
+      if [ -z "${pass[$key]+x}" ]; then pass[$key]=0; fail[$key]=0; order+=("$key"); fi
+      if [ "$verdict" = ok ]; then pass[$key]=$((pass[$key] + 1)); else fail[$key]=$((fail[$key] + 1)); fi
+    done < <(sed -n 's/^test \(.*\) \.\.\. \(ok\|FAILED\)$/\1 \2/p' "$log")
+    if [ "$status" = 0 ] && grep -q "^test result: ok" "$log"; then
       rm -f "$log"
       verdict=ok
     else
-      fail[$t]=$((fail[$t] + 1))
+      failed_runs=$((failed_runs + 1))
       verdict="FAILED (log: $log)"
     fi
-    echo "repeat-tests: round $round/$n $t: $verdict ($((SECONDS - t0)) s)"
+    echo "repeat-tests: round $round/$n $s: $verdict ($((SECONDS - t0)) s)"
   done
 done
 
 echo
 echo "| test | passed | failed |"
-echo "|---|---|---|"
-failed=0
-for t in "${all[@]}"; do
-  echo "| $t | ${pass[$t]} | ${fail[$t]} |"
-  failed=$((failed + fail[$t]))
+echo "|---|---:|---:|"
+for k in "${order[@]}"; do
+  echo "| $k | ${pass[$k]} | ${fail[$k]} |"
 done
 echo
-echo "repeat-tests: $n rounds in $((SECONDS - started)) s; $failed failed run(s)"
-[ "$failed" = 0 ]
+echo "repeat-tests: $n rounds in $((SECONDS - started)) s; $failed_runs failed suite run(s)"
+[ "$failed_runs" = 0 ]

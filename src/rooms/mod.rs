@@ -275,26 +275,19 @@ impl Reported {
         m::add(m::GAP_EVICTIONS, s.evictions - self.stats.evictions);
         m::add(m::OWNER_CHANGES, s.owner_changes - self.stats.owner_changes);
         m::add(m::FRESH_EPOCHS, s.fresh_epochs - self.stats.fresh_epochs);
-        m::add_labeled(
-            m::HANDOFFS,
-            "sent",
-            s.handoffs_sent - self.stats.handoffs_sent,
-        );
-        m::add_labeled(
-            m::HANDOFFS,
-            "confirmed",
-            s.handoffs_confirmed - self.stats.handoffs_confirmed,
-        );
-        m::add_labeled(
-            m::HANDOFFS,
-            "resent",
-            s.handoffs_resent - self.stats.handoffs_resent,
-        );
-        m::add_labeled(
-            m::HANDOFFS,
-            "conflict",
-            s.handoff_conflicts - self.stats.handoff_conflicts,
-        );
+        let (now, before) = (s, self.stats);
+        for (event, n, b) in [
+            ("sent", now.handoffs_sent, before.handoffs_sent),
+            (
+                "confirmed",
+                now.handoffs_confirmed,
+                before.handoffs_confirmed,
+            ),
+            ("resent", now.handoffs_resent, before.handoffs_resent),
+            ("conflict", now.handoff_conflicts, before.handoff_conflicts),
+        ] {
+            m::add_labeled(m::HANDOFFS, event, n - b);
+        }
         m::add(m::REQUEST_RETRIES, s.retries - self.stats.retries);
         self.stats = s;
     }

@@ -116,6 +116,19 @@ fn unavailable(msg: &str) -> Reply {
     Reply::error(ErrorCode::Unavailable, msg)
 }
 
+/// Answers a join that will not complete: `unavailable`, and the connection forgets the room.
+fn fail_join<H: Clone>(j: PendingJoin<H>, room: &RoomId, why: &str, out: &mut Vec<Action<H>>) {
+    out.push(Action::Reply {
+        to: j.handle.clone(),
+        req: j.req,
+        reply: unavailable(why),
+    });
+    out.push(Action::JoinFailed {
+        to: j.handle,
+        room: room.clone(),
+    });
+}
+
 impl<H: Clone> Router<H> {
     // ---------------------------------------------------------------- local requests
 
@@ -790,15 +803,7 @@ impl<H: Clone> Router<H> {
             return;
         }
         let j = r.joins.remove(i);
-        out.push(Action::Reply {
-            to: j.handle.clone(),
-            req: j.req,
-            reply: unavailable("the room's owner node is overloaded; retry"),
-        });
-        out.push(Action::JoinFailed {
-            to: j.handle,
-            room: room.clone(),
-        });
+        fail_join(j, &room, "the room's owner node is overloaded; retry", out);
         self.drop_room_if_unused(&room, out);
     }
 
@@ -956,15 +961,12 @@ impl<H: Clone> Router<H> {
                 }
             }
             for j in failed {
-                out.push(Action::Reply {
-                    to: j.handle.clone(),
-                    req: j.req,
-                    reply: unavailable("the room's owner node did not answer in time; retry"),
-                });
-                out.push(Action::JoinFailed {
-                    to: j.handle,
-                    room: room.clone(),
-                });
+                fail_join(
+                    j,
+                    &room,
+                    "the room's owner node did not answer in time; retry",
+                    out,
+                );
             }
             if retry {
                 self.start_resync(&room, out);

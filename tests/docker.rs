@@ -193,6 +193,25 @@ async fn wait_cluster(c: &Compose, limit: Duration) {
     }
 }
 
+/// Waits (up to `limit`) until HAProxy forwards WebSocket requests to a node. Its health checks
+/// (every 2 s, two passes to rise) and its DNS resolution of the node names trail the nodes' own
+/// readiness by seconds: until then it answers 503 itself. A plain GET of /ws that reaches a
+/// node gets the node's 400 (not an upgrade); /ws has its own backend, so it is what is probed.
+async fn wait_lb(c: &Compose, limit: Duration) {
+    let lb: std::net::SocketAddr = format!("127.0.0.1:{}", c.lb).parse().unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some((400, _)) = try_get(lb, "/ws").await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "HAProxy never forwarded to a ready node"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_compose_cluster_routes_is_monitored_and_drains_without_loss() {
     if !docker_or_skip() {
@@ -217,6 +236,7 @@ async fn the_compose_cluster_routes_is_monitored_and_drains_without_loss() {
         s.join("compose").await;
         subs.push(s);
     }
+    wait_lb(&c, Duration::from_secs(60)).await;
     let mut p = Client::connect(&format!("ws://127.0.0.1:{}/ws", c.lb)).await;
     let seq = p.publish("compose", json!("through haproxy")).await;
     for s in &mut subs {

@@ -226,7 +226,7 @@ impl Epoch {
     pub fn fresh(node: &NodeId, now_ms: u64) -> Epoch {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let node_hash = crate::routing::hash::fnv1a64(node.as_str().as_bytes());
+        let node_hash = fnv1a64(node.as_str().as_bytes());
         Epoch(Arc::from(format!(
             "{:x}-{:x}-{:x}",
             now_ms,
@@ -255,6 +255,16 @@ impl fmt::Debug for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Epoch({})", &self.0)
     }
+}
+
+/// FNV-1a, 64 bit.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 #[cfg(test)]

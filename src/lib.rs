@@ -12,10 +12,16 @@
 //! * [`cluster`] — membership by gossip (the only user of chitchat), gossip authentication.
 //! * [`internode`] — the binary internode protocol: handshake, frames, peer links, listener.
 //! * [`rooms`] — room shards: tasks that each own a `Router` and carry out its actions.
-//! * [`session`] — the WebSocket connection actor, its bounded outbound queue and writer.
+//! * [`outbox`] — a connection's bounded outbound queue and writer, and the handle the room
+//!   shards hold of a connection.
+//! * [`node`] — what a running node is for the layers that serve clients (`NodeContext`).
+//! * [`session`] — the WebSocket connection actor: client protocol and per-connection limits.
 //! * [`http`] — routes only: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/cluster`.
 //! * [`metrics`] — every metric name and help text, and the Prometheus recorder.
 //! * [`server`] — wiring: runtimes, shards, HTTP server, signals and shutdown.
+//!
+//! Imports point down only: `server` → `http` → `session` → `node` → `rooms`, `internode`,
+//! `cluster` → `outbox` → `routing`, `metrics` → `protocol` → `ids`.
 
 pub mod bench;
 pub mod cli;
@@ -25,6 +31,8 @@ pub mod http;
 pub mod ids;
 pub mod internode;
 pub mod metrics;
+pub mod node;
+pub mod outbox;
 pub mod protocol;
 pub mod rooms;
 pub mod routing;

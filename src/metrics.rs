@@ -17,8 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use metrics::{Counter, describe_counter, describe_gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::protocol::ErrorCode;
-use crate::session::CloseReason;
+use crate::protocol::{CloseReason, ErrorCode};
 
 pub const CONNECTIONS: &str = "roomcast_connections";
 pub const ROOMS: &str = "roomcast_rooms";

@@ -11,6 +11,10 @@
 //! already queued, then one flush). When the outbox is closed it sends the close frame; if the
 //! client does not take it within the grace period (it stopped reading), the HTTP body is
 //! aborted through [`AbortSignal`], which makes actix drop the TCP connection.
+//!
+//! This module sits below both the connection actor (`session`) and the room shards (`rooms`):
+//! it also defines what a shard holds of a connection ([`ConnHandle`]) and the messages the
+//! node sends to connection actors, so neither of those layers reaches up into the other.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,8 +30,12 @@ use futures_util::SinkExt;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
-use super::CloseReason;
+use actix::{Message, Recipient};
+
+use crate::ids::RoomId;
 use crate::metrics as m;
+use crate::protocol::encode::{self, Reply};
+use crate::protocol::{CloseReason, ErrorCode, ReqId};
 
 /// One outbound frame.
 #[derive(Debug)]
@@ -305,7 +313,7 @@ pub async fn run_writer(
     rx: OutboxReceiver,
     abort: Arc<AbortSignal>,
     grace: Duration,
-    actor: actix::Recipient<super::CloseNow>,
+    actor: actix::Recipient<CloseNow>,
 ) {
     let shared = rx.shared;
     let delivered = m::delivered_counter();
@@ -360,7 +368,7 @@ pub async fn run_writer(
                 Ordering::Acquire,
             );
             while shared.pop().is_some() {}
-            actor.do_send(super::CloseNow(CloseReason::Normal));
+            actor.do_send(CloseNow(CloseReason::Normal));
             return;
         }
     }
@@ -370,7 +378,7 @@ pub async fn run_writer(
     let reason =
         CloseReason::from_u8(shared.close.load(Ordering::Acquire)).unwrap_or(CloseReason::Normal);
     // The actor stops too (a no-op if it is the one that closed); one message per connection.
-    actor.do_send(super::CloseNow(reason));
+    actor.do_send(CloseNow(reason));
     let flush_and_close = async {
         if reason != CloseReason::SlowConsumer {
             while let Some(f) = shared.pop() {
@@ -383,7 +391,7 @@ pub async fn run_writer(
                 }
             }
         }
-        let _ = session.close(Some(reason.to_ws())).await;
+        let _ = session.close(Some(close_frame(reason))).await;
     };
     if tokio::time::timeout(grace, flush_and_close).await.is_ok() {
         // The close frame is queued; the body ends after it is written. If the client never
@@ -408,6 +416,49 @@ async fn closing(shared: &Shared) {
         }
     })
     .await
+}
+
+/// What the room shards hold for a local connection: where to write, and whom to tell when a
+/// join failed.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub outbox: Outbox,
+    pub conn: Recipient<JoinFailed>,
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnHandle")
+    }
+}
+
+/// Sent by a shard when a join did not succeed, so the connection forgets the room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JoinFailed(pub RoomId);
+
+/// Sent by the node to close a connection (shutdown, drain).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseNow(pub CloseReason);
+
+/// Writes a reply to `outbox`, counting errors by code.
+pub fn send_reply(outbox: &Outbox, id: &ReqId, reply: &Reply) {
+    if let Reply::Error { code, .. } = reply
+        && *code != ErrorCode::RateLimited
+    {
+        // Rate-limit refusals are counted where they are decided.
+        m::protocol_error(*code);
+    }
+    let _ = outbox.text(encode::reply(id, reply), TextKind::Control);
+}
+
+/// The WebSocket close frame for `reason`: its code and reason text.
+fn close_frame(reason: CloseReason) -> actix_ws::CloseReason {
+    actix_ws::CloseReason {
+        code: actix_ws::CloseCode::from(reason.code()),
+        description: Some(reason.as_str().to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -9,109 +9,20 @@
 //! served so probes get an answer), every client is closed with 1001, and the process exits 0 once they are
 //! gone or `shutdown_timeout` has passed, whichever comes first.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-use actix::Recipient;
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::watch;
 
 use crate::cluster::{ClusterSecret, ClusterView, Membership, MembershipConfig};
 use crate::config::Config;
-use crate::ids::{ConnId, NodeId};
+use crate::ids::NodeId;
 use crate::internode::{InternodeConfig, Peers};
 use crate::metrics as m;
+use crate::node::{ConnRegistry, NodeContext};
+use crate::protocol::CloseReason;
 use crate::rooms::Shards;
 use crate::routing::{HistoryLimits, Input, RouterConfig};
-use crate::session::{CloseNow, CloseReason, Outbox};
-
-/// The live connections of this node: for the connection count, `max_connections` and
-/// closing everyone on shutdown. Touched on connect and disconnect only.
-#[derive(Default)]
-pub struct ConnRegistry {
-    conns: Mutex<HashMap<ConnId, (Recipient<CloseNow>, Outbox)>>,
-    count: AtomicUsize,
-}
-
-impl ConnRegistry {
-    pub fn register(&self, id: ConnId, actor: Recipient<CloseNow>, outbox: Outbox) {
-        let mut g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        g.insert(id, (actor, outbox));
-        self.count.store(g.len(), Ordering::Release);
-        m::connections(1.0);
-    }
-
-    pub fn unregister(&self, id: ConnId) {
-        let mut g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        if g.remove(&id).is_some() {
-            m::connections(-1.0);
-        }
-        self.count.store(g.len(), Ordering::Release);
-    }
-
-    pub fn len(&self) -> usize {
-        self.count.load(Ordering::Acquire)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Queues a notice for every connection (e.g. the reconnect hint of a drain).
-    pub fn send_all(&self, frame: bytestring::ByteString) {
-        let g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        for (_, outbox) in g.values() {
-            let _ = outbox.text(frame.clone(), crate::session::TextKind::Control);
-        }
-    }
-
-    /// Starts closing every connection with `reason`.
-    pub fn close_all(&self, reason: CloseReason) {
-        let g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        for (actor, outbox) in g.values() {
-            outbox.close(reason);
-            // One message per connection, once: bounded by the connection count.
-            actor.do_send(CloseNow(reason));
-        }
-    }
-}
-
-/// Everything a request handler or connection actor needs from its node.
-pub struct NodeContext {
-    pub node_id: NodeId,
-    pub config: Arc<Config>,
-    pub shards: Shards,
-    pub conns: ConnRegistry,
-    /// False once shutdown began: `/readyz` says 503 and `/ws` refuses upgrades.
-    pub accepting: AtomicBool,
-    /// True once the node has met the cluster (or waited long enough): `/readyz` needs it.
-    pub cluster_ready: AtomicBool,
-    pub metrics: PrometheusHandle,
-    /// The advertised HTTP address (`host:port`).
-    pub http_addr: String,
-    /// The advertised cluster address (`host:port`).
-    pub cluster_addr: String,
-    /// The membership views (this node's own view of the cluster).
-    pub views: watch::Receiver<Arc<ClusterView>>,
-    /// Wakes the membership follower to re-apply the view (drain started).
-    pub view_nudge: tokio::sync::Notify,
-    pub peers: Peers,
-    pub membership: Membership,
-    pub started: Instant,
-}
-
-impl NodeContext {
-    pub fn is_accepting(&self) -> bool {
-        self.accepting.load(Ordering::Acquire)
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.is_accepting() && self.cluster_ready.load(Ordering::Acquire)
-    }
-}
 
 /// Why the node could not run.
 #[derive(Debug, thiserror::Error)]

@@ -13,8 +13,9 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use crate::server::NodeContext;
-use crate::session::{AbortSignal, AbortableBody, Session};
+use crate::node::NodeContext;
+use crate::outbox::{AbortSignal, AbortableBody};
+use crate::session::Session;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(ws))

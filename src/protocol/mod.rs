@@ -9,7 +9,10 @@
 //! field is checked on its own and a failure names it. `data` is never parsed into a tree: the
 //! raw JSON text is validated by the first step and copied verbatim into the event, once.
 
+pub mod close;
 pub mod encode;
+
+pub use close::CloseReason;
 
 use std::borrow::Cow;
 

@@ -17,10 +17,11 @@ use tokio::sync::mpsc;
 
 use crate::ids::{NodeId, RoomId};
 use crate::metrics as m;
+use crate::outbox::{ConnHandle, JoinFailed, TextKind, send_reply};
+use crate::protocol::CloseReason;
 use crate::protocol::encode::Reply;
 use crate::routing::hash::shard_of;
 use crate::routing::{Action, Input, PeerMsg, Router, RouterConfig, RouterStats};
-use crate::session::{CloseReason, ConnHandle, JoinFailed, TextKind, send_reply};
 
 /// Where a shard sends messages for other nodes (the internode layer; nothing on one node).
 pub trait PeerSink: Send + Sync + 'static {

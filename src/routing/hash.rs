@@ -13,15 +13,7 @@
 
 use crate::ids::{NodeId, RoomId};
 
-/// FNV-1a, 64 bit.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+pub use crate::ids::fnv1a64;
 
 /// SplitMix64 finaliser: spreads every input bit over the output.
 pub fn mix64(mut z: u64) -> u64 {

@@ -11,130 +11,24 @@
 //! reason text, and counted. Bad input ends at most this connection; nothing here panics on
 //! client input.
 
-pub mod outbox;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, AsyncContext, Handler, Message, Recipient, StreamHandler};
-use actix_ws::{AggregatedMessage, CloseCode, ProtocolError};
+use actix::{Actor, ActorContext, AsyncContext, Handler, StreamHandler};
+use actix_ws::{AggregatedMessage, ProtocolError};
 
 use crate::ids::{ConnId, ConnName, RoomId};
 use crate::metrics as m;
+use crate::node::NodeContext;
+use crate::outbox::{
+    self, AbortSignal, CloseNow, ConnHandle, Frame, JoinFailed, Outbox, TextKind, send_reply,
+};
+use crate::protocol::CloseReason;
 use crate::protocol::encode::{self, Reply};
 use crate::protocol::{ErrorCode, Op, ParseLimits, ReqId, parse_request};
 use crate::rooms::Shards;
 use crate::routing::Input;
-use crate::server::NodeContext;
-pub use outbox::{AbortSignal, AbortableBody, Frame, Outbox, PushError, TextKind};
-
-/// Why a connection was closed, with its WebSocket close code (documented in docs/protocol.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum CloseReason {
-    /// The client closed, or the socket went away.
-    Normal = 0,
-    /// The node is shutting down (1001).
-    Shutdown = 1,
-    /// The node is draining; reconnect elsewhere (1001).
-    Draining = 2,
-    /// Invalid WebSocket framing (1002).
-    Protocol = 3,
-    /// A message over the hard frame limit (1009).
-    TooBig = 4,
-    /// The client did not keep up with its outbound queue (1013).
-    SlowConsumer = 5,
-    /// No frame from the client for too many heartbeat intervals (4408).
-    HeartbeatTimeout = 6,
-    /// Too many invalid requests (1008).
-    TooManyErrors = 7,
-    /// A room lost messages this connection would have had to skip (1013); resume with `since`.
-    Gap = 8,
-    /// A server fault (1011).
-    Internal = 9,
-}
-
-impl CloseReason {
-    const ALL: [CloseReason; 10] = [
-        CloseReason::Normal,
-        CloseReason::Shutdown,
-        CloseReason::Draining,
-        CloseReason::Protocol,
-        CloseReason::TooBig,
-        CloseReason::SlowConsumer,
-        CloseReason::HeartbeatTimeout,
-        CloseReason::TooManyErrors,
-        CloseReason::Gap,
-        CloseReason::Internal,
-    ];
-
-    /// Decodes the outbox's close slot (0 = open, else reason + 1).
-    pub fn from_u8(v: u8) -> Option<CloseReason> {
-        v.checked_sub(1)
-            .and_then(|i| Self::ALL.get(usize::from(i)).copied())
-    }
-
-    pub fn code(self) -> u16 {
-        match self {
-            CloseReason::Normal => 1000,
-            CloseReason::Shutdown | CloseReason::Draining => 1001,
-            CloseReason::Protocol => 1002,
-            CloseReason::TooBig => 1009,
-            CloseReason::SlowConsumer | CloseReason::Gap => 1013,
-            CloseReason::HeartbeatTimeout => 4408,
-            CloseReason::TooManyErrors => 1008,
-            CloseReason::Internal => 1011,
-        }
-    }
-
-    /// The reason text (also the `reason` label of `roomcast_disconnects_total`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Normal => "normal",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::Draining => "draining",
-            CloseReason::Protocol => "protocol_error",
-            CloseReason::TooBig => "too_big",
-            CloseReason::SlowConsumer => "slow_consumer",
-            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
-            CloseReason::TooManyErrors => "too_many_errors",
-            CloseReason::Gap => "resync_required",
-            CloseReason::Internal => "internal",
-        }
-    }
-
-    fn to_ws(self) -> actix_ws::CloseReason {
-        actix_ws::CloseReason {
-            code: CloseCode::from(self.code()),
-            description: Some(self.as_str().to_string()),
-        }
-    }
-}
-
-/// What the room shards hold for a local connection: where to write, and whom to tell when a
-/// join failed.
-#[derive(Clone)]
-pub struct ConnHandle {
-    pub outbox: Outbox,
-    pub conn: Recipient<JoinFailed>,
-}
-
-impl std::fmt::Debug for ConnHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ConnHandle")
-    }
-}
-
-/// Sent by a shard when a join did not succeed, so the connection forgets the room.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct JoinFailed(pub RoomId);
-
-/// Sent by the node to close a connection (shutdown, drain).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CloseNow(pub CloseReason);
 
 /// A token bucket: `rate` tokens per second up to `burst`.
 #[derive(Debug)]
@@ -382,17 +276,6 @@ impl Session {
             }
         }
     }
-}
-
-/// Writes a reply to `outbox`, counting errors by code.
-pub fn send_reply(outbox: &Outbox, id: &ReqId, reply: &Reply) {
-    if let Reply::Error { code, .. } = reply
-        && *code != ErrorCode::RateLimited
-    {
-        // Rate-limit refusals are counted where they are decided.
-        m::protocol_error(*code);
-    }
-    let _ = outbox.text(encode::reply(id, reply), TextKind::Control);
 }
 
 impl Actor for Session {

@@ -24,7 +24,8 @@ use crate::routing::PeerMsg;
 
 pub const MAGIC: [u8; 4] = *b"RCST";
 /// Version of the internode protocol; nodes of other versions are refused.
-/// 2: `Refused` names the room's new owner, `HandoffAck` confirms handoffs (issue 8).
+/// 2: `Refused` names the room's new owner, `HandoffAck` confirms handoffs, `HandoffMoving`
+/// answers queries for a room in transit (issue 8).
 pub const PROTOCOL_VERSION: u16 = 2;
 pub const PREAMBLE_LEN: usize = 8;
 /// Frame limit during the handshake.

@@ -123,6 +123,10 @@ pub enum PeerMsg {
         epoch: Epoch,
         seq: u64,
     },
+    /// Answer to `HandoffQuery`: the sender handed the room's state to `to` and `to` has not
+    /// confirmed it yet — ask `to` (again, until it has it) instead of concluding nobody has
+    /// the room and opening a new epoch beside it.
+    HandoffMoving { room: RoomId, to: NodeId },
 }
 
 impl PeerMsg {
@@ -141,7 +145,8 @@ impl PeerMsg {
             | PeerMsg::Refused { room, .. }
             | PeerMsg::HandoffQuery { room }
             | PeerMsg::Handoff { room, .. }
-            | PeerMsg::HandoffAck { room, .. } => room,
+            | PeerMsg::HandoffAck { room, .. }
+            | PeerMsg::HandoffMoving { room, .. } => room,
         }
     }
 
@@ -174,6 +179,7 @@ impl PeerMsg {
             PeerMsg::HandoffQuery { .. } => "handoff_query",
             PeerMsg::Handoff { .. } => "handoff",
             PeerMsg::HandoffAck { .. } => "handoff_ack",
+            PeerMsg::HandoffMoving { .. } => "handoff_moving",
         }
     }
 }

@@ -386,6 +386,7 @@ impl<H: Clone> Router<H> {
             PeerMsg::HandoffQuery { room } => self.on_handoff_query(from, room, out),
             PeerMsg::Handoff { room, state } => self.on_handoff(from, room, state, out),
             PeerMsg::HandoffAck { room, .. } => self.on_handoff_ack(from, room, out),
+            PeerMsg::HandoffMoving { room, to } => self.on_handoff_moving(from, room, to, out),
         }
     }
 

@@ -56,6 +56,9 @@ pub(super) struct OwnedRoom {
 /// A room this node is to own, waiting for a previous owner's state.
 pub(super) struct PendingOwnership {
     waiting: Vec<NodeId>,
+    /// Nodes the state is on its way to (`HandoffMoving`): their "none" is not final; they are
+    /// asked again on each tick until they have it or the wait ends.
+    moving: Vec<NodeId>,
     deadline_us: u64,
     found: Option<RoomState>,
     /// Requests that arrived meanwhile, in order, with their sender.
@@ -161,6 +164,7 @@ impl<H: Clone> Router<H> {
             room.clone(),
             PendingOwnership {
                 waiting: candidates,
+                moving: Vec::new(),
                 deadline_us: self.now_us + HANDOFF_WAIT_US,
                 found: None,
                 queued: VecDeque::new(),
@@ -420,7 +424,49 @@ impl<H: Clone> Router<H> {
             self.send_snapshot_now(&room, out);
             return;
         }
+        if let Some(m) = self.moved.get(&room)
+            && m.state.is_some()
+        {
+            // On its way elsewhere: the asker must not conclude that nobody has it.
+            let to = m.to.clone();
+            self.send(from, PeerMsg::HandoffMoving { room, to }, out);
+            return;
+        }
         self.send(from, PeerMsg::Handoff { room, state: None }, out);
+    }
+
+    /// A queried node handed the room to `to`, unconfirmed: wait for `to` instead.
+    pub(super) fn on_handoff_moving(
+        &mut self,
+        from: NodeId,
+        room: RoomId,
+        to: NodeId,
+        out: &mut Vec<Action<H>>,
+    ) {
+        let me = self.me.clone();
+        let deadline = self.now_us + HANDOFF_WAIT_US;
+        let Some(p) = self.pending_owner.get_mut(&room) else {
+            return;
+        };
+        p.waiting.retain(|n| *n != from);
+        // The state exists: give it time to land where it is going.
+        p.deadline_us = p.deadline_us.max(deadline);
+        if to != me {
+            if !p.moving.contains(&to) {
+                p.moving.push(to.clone());
+            }
+            if !p.waiting.contains(&to) {
+                p.waiting.push(to.clone());
+                self.send(to, PeerMsg::HandoffQuery { room: room.clone() }, out);
+            }
+        }
+        if self
+            .pending_owner
+            .get(&room)
+            .is_some_and(|p| p.waiting.is_empty())
+        {
+            self.resolve_pending(&room, out);
+        }
     }
 
     /// Stops owning `room`: keeps its snapshot for `to` until confirmed and queues it for the
@@ -552,6 +598,10 @@ impl<H: Clone> Router<H> {
             );
         }
         if let Some(p) = self.pending_owner.get_mut(&room) {
+            if state.is_none() && p.moving.contains(&from) {
+                // The state is still on its way there: ask again on the next tick.
+                return;
+            }
             p.waiting.retain(|n| *n != from);
             if let Some(s) = state {
                 // Two holders (views disagreed for a while): keep the one further along.
@@ -753,6 +803,21 @@ impl<H: Clone> Router<H> {
             .filter(|(_, p)| p.deadline_us <= now)
             .map(|(r, _)| r.clone())
             .collect();
+        // Ask again where a room's state is on its way to.
+        let again: Vec<(NodeId, RoomId)> = self
+            .pending_owner
+            .iter()
+            .filter(|(_, p)| p.deadline_us > now)
+            .flat_map(|(r, p)| {
+                p.moving
+                    .iter()
+                    .filter(|n| p.waiting.contains(n))
+                    .map(move |n| (n.clone(), r.clone()))
+            })
+            .collect();
+        for (node, room) in again {
+            self.send(node, PeerMsg::HandoffQuery { room }, out);
+        }
         for room in late {
             tracing::debug!(%room, "previous owners did not answer; taking the room over as it is");
             self.resolve_pending(&room, out);

@@ -1337,3 +1337,44 @@ fn a_hint_that_leads_nowhere_is_dropped() {
     s.settle();
     assert_eq!(published(&s.replies(9)), vec![1]);
 }
+
+/// Three views at once: b drains and hands r to a, while c — which has not yet seen a ready —
+/// believes it owns r and asks everyone. b's snapshot is on its way to a: b must say so, and c
+/// must keep asking a until the state lands there, instead of hearing "none" from both and
+/// opening a new epoch beside the real one.
+#[test]
+fn a_room_in_transit_is_waited_for_not_restarted() {
+    let nodes = ["a", "b", "c"];
+    let mut s = Sim::new(&nodes);
+    let r = (0..)
+        .map(|i| room(&format!("room-{i}")))
+        .find(|r| {
+            let o = |m: &[&str]| {
+                let m: Vec<NodeId> = m.iter().map(|x| node(x)).collect();
+                hash::owner(r, &m).unwrap().as_str().to_string()
+            };
+            o(&["a", "b", "c"]) == "b" && o(&["a", "c"]) == "a"
+        })
+        .unwrap();
+    for i in 1..=3 {
+        s.publish("b", 9, &r, &format!("{i}"));
+    }
+    s.settle();
+    assert_eq!(published(&s.replies(9)), vec![1, 2, 3]);
+    // b drains (its view: a and c eligible); c's view has only itself eligible.
+    view(&mut s, &["b"], &["a", "c"], &["a", "b", "c"]);
+    view(&mut s, &["c"], &["c"], &["a", "b", "c"]);
+    s.publish("c", 8, &r, "4");
+    // c's queries arrive before b's handoff reaches a.
+    assert!(s.pump_one("c", "b"));
+    assert!(s.pump_one("c", "a"));
+    assert!(s.pump_one("b", "c")); // "moving to a"
+    assert!(s.pump_one("a", "c")); // "none" (not yet)
+    assert!(s.replies(8).is_empty(), "c waits");
+    s.settle(); // the handoff lands on a
+    s.now_us += 600_000;
+    s.input("c", Input::Tick); // c asks a again; a hands r over
+    s.settle();
+    assert_eq!(published(&s.replies(8)), vec![4], "same epoch, next seq");
+    assert_eq!(s.nodes[&node("c")].stats().fresh_epochs, 0);
+}

@@ -326,20 +326,55 @@ impl<H: Clone> Router<H> {
         let owner = self.route(&room);
         let token = self.token();
         let msg = kind.to_msg(&room, token);
+        // A publish waits behind earlier publishes of the room that are being redirected, so
+        // that the owner sequences this node's publishes in the order they were made.
+        let held = matches!(kind, ReqKind::Publish { .. }) && self.publishes_moving(&room, &owner);
         self.pending.insert(
             token,
             PendingReq {
                 handle,
                 req,
                 room,
-                owner: Some(owner.clone()),
+                owner: (!held).then(|| owner.clone()),
                 retry_at_us: 0,
                 redirects: 0,
                 deadline_us: self.deadline(),
                 kind,
             },
         );
-        self.send(owner, msg, out);
+        if !held {
+            self.send(owner, msg, out);
+        }
+    }
+
+    /// True while publishes for `room` are parked, or out at a node other than `to`.
+    fn publishes_moving(&self, room: &RoomId, to: &NodeId) -> bool {
+        self.pending.values().any(|p| {
+            matches!(p.kind, ReqKind::Publish { .. })
+                && p.room == *room
+                && p.owner.as_ref().is_none_or(|o| o != to)
+        })
+    }
+
+    /// Sends the parked publishes of `room`, in the order they were made, once none is still
+    /// out at a node other than where the room is now (its refusal is yet to come back).
+    fn release_publishes(&mut self, room: &RoomId, out: &mut Vec<Action<H>>) {
+        let to = self.route(room);
+        let mut parked: Vec<u64> = Vec::new();
+        for (t, p) in &self.pending {
+            if !matches!(p.kind, ReqKind::Publish { .. }) || p.room != *room {
+                continue;
+            }
+            match &p.owner {
+                Some(o) if *o != to => return,
+                Some(_) => {}
+                None => parked.push(*t),
+            }
+        }
+        parked.sort_unstable();
+        for t in parked {
+            self.resend_request(t, out);
+        }
     }
 
     /// Re-sends a parked request to where its room is now.
@@ -363,12 +398,27 @@ impl<H: Clone> Router<H> {
         let mut due: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.owner.is_none() && (force || p.retry_at_us <= now))
+            .filter(|(_, p)| {
+                matches!(p.kind, ReqKind::History { .. })
+                    && p.owner.is_none()
+                    && (force || p.retry_at_us <= now)
+            })
             .map(|(t, _)| *t)
             .collect();
         due.sort_unstable();
         for t in due {
             self.resend_request(t, out);
+        }
+        let mut publish_rooms: Vec<RoomId> = self
+            .pending
+            .values()
+            .filter(|p| matches!(p.kind, ReqKind::Publish { .. }) && p.owner.is_none())
+            .map(|p| p.room.clone())
+            .collect();
+        publish_rooms.sort();
+        publish_rooms.dedup();
+        for room in publish_rooms {
+            self.release_publishes(&room, out);
         }
         let rooms: Vec<RoomId> = self
             .member_rooms
@@ -687,8 +737,12 @@ impl<H: Clone> Router<H> {
             out.push(Action::Reply {
                 to: p.handle,
                 req: p.req,
-                reply: Reply::Published { room, seq },
+                reply: Reply::Published {
+                    room: room.clone(),
+                    seq,
+                },
             });
+            self.release_publishes(&room, out);
         }
     }
 
@@ -748,19 +802,38 @@ impl<H: Clone> Router<H> {
         }
         let retry_at = self.now_us + RETRY_US;
         if let Some(p) = self.pending.get_mut(&token) {
-            if !moving {
+            let publish = matches!(p.kind, ReqKind::Publish { .. });
+            // A publish is re-sent only when the refusing node names where the room went: it
+            // keeps refusing the room, so every publish out there comes back, in order, and
+            // goes on in that order. Without a name, that node may become the owner before the
+            // next publish arrives; re-sending this one later could put it after that one.
+            let follow = moving && (hint.is_some() || !publish) && p.redirects < MAX_REDIRECTS;
+            if !follow {
+                let why = if !moving {
+                    "the room's owner node is overloaded; retry"
+                } else if publish {
+                    "the room's owner is changing; the publish was not sequenced; retry"
+                } else {
+                    "the room's owner is changing; retry"
+                };
                 if let Some(p) = self.pending.remove(&token) {
                     out.push(Action::Reply {
                         to: p.handle,
                         req: p.req,
-                        reply: unavailable("the room's owner node is overloaded; retry"),
+                        reply: unavailable(why),
                     });
+                }
+                if publish {
+                    self.release_publishes(&room, out);
                 }
                 return;
             }
             p.owner = None;
             p.retry_at_us = retry_at;
-            if hint.is_some() && p.redirects < MAX_REDIRECTS {
+            if publish {
+                p.redirects += 1;
+                self.release_publishes(&room, out);
+            } else if hint.is_some() {
                 p.redirects += 1;
                 self.resend_request(token, out);
             }
@@ -974,5 +1047,27 @@ impl<H: Clone> Router<H> {
             self.drop_room_if_unused(&room, out);
         }
         self.resend_parked(false, out);
+    }
+}
+
+#[cfg(test)]
+impl<H: Clone> Router<H> {
+    /// Test-only: this node's member and owner state of `room`, for failure reports.
+    pub(super) fn debug_room(&self, room: &RoomId) -> String {
+        let member = self.member_rooms.get(room).map(|r| {
+            format!(
+                "feed {:?} subs {} joins {:?}",
+                r.feed,
+                r.subs.len(),
+                r.joins.iter().map(|j| j.sent.clone()).collect::<Vec<_>>()
+            )
+        });
+        format!(
+            "{}: member {:?}; owner {}; hint {:?}",
+            self.me,
+            member,
+            self.debug_owned(room),
+            self.hints.get(room)
+        )
     }
 }

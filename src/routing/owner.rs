@@ -77,6 +77,10 @@ pub(super) struct Moved {
     sent: bool,
     /// `approx_size` of the Handoff carrying `state`.
     bytes: usize,
+    /// Where the room stood when it left (kept after confirmation): a copy of it that comes
+    /// back later — a re-send whose confirmation crossed it — is recognised as stale.
+    epoch: Epoch,
+    seq: u64,
 }
 
 /// Unasked handoffs waiting for the window, and what the window holds now.
@@ -491,6 +495,8 @@ impl<H: Clone> Router<H> {
             Moved {
                 to,
                 until_us: self.now_us + MOVED_TTL_US,
+                epoch: state.epoch.clone(),
+                seq: state.seq,
                 state: Some(state),
                 sent: false,
                 bytes,
@@ -605,6 +611,11 @@ impl<H: Clone> Router<H> {
             p.waiting.retain(|n| *n != from);
             if let Some(s) = state {
                 // Two holders (views disagreed for a while): keep the one further along.
+                if let Some(f) = &p.found
+                    && f.epoch != s.epoch
+                {
+                    self.stats.handoff_conflicts += 1;
+                }
                 if p.found.as_ref().is_none_or(|f| s.seq > f.seq) {
                     p.found = Some(s);
                 }
@@ -619,9 +630,7 @@ impl<H: Clone> Router<H> {
         // confirmation reached us) or a newer state supersedes our snapshot. Only an older copy
         // of our own snapshot — or the same one from a third node — is stale.
         if let Some(m) = self.moved.get(&room) {
-            let stale = m.state.as_ref().is_some_and(|own| {
-                own.epoch == s.epoch && (own.seq > s.seq || (own.seq == s.seq && m.to != from))
-            });
+            let stale = m.epoch == s.epoch && (m.seq > s.seq || (m.seq == s.seq && m.to != from));
             if stale {
                 return;
             }
@@ -732,11 +741,18 @@ impl<H: Clone> Router<H> {
         self.pump_handoffs(out);
         let pending: Vec<RoomId> = self.pending_owner.keys().cloned().collect();
         for room in pending {
-            if self.owner_of(&room) != self.me {
-                // Not ours after all: refuse what was held (the senders retry elsewhere).
+            let owner = self.owner_of(&room);
+            if owner != self.me {
+                // Not ours after all. A state that already came here (and was confirmed to its
+                // sender, who forgot it) goes on to the owner; what was held is refused, naming
+                // it (the senders retry there).
                 if let Some(p) = self.pending_owner.remove(&room) {
+                    let hint = p.found.is_some().then(|| owner.clone());
+                    if let Some(state) = p.found {
+                        self.hand_off(room.clone(), owner, state);
+                    }
                     for (from, msg) in p.queued {
-                        self.refuse_msg(from, &msg, PeerError::NotOwner, None, out);
+                        self.refuse_msg(from, &msg, PeerError::NotOwner, hint.clone(), out);
                     }
                 }
                 continue;
@@ -754,8 +770,10 @@ impl<H: Clone> Router<H> {
         }
     }
 
-    /// A snapshot's receiver is gone (or the link to it was reset before it confirmed): send
-    /// it to the room's owner in the current view, or take the room back if that is this node.
+    /// A snapshot's receiver left the cluster before it confirmed: send the snapshot to the
+    /// room's owner in the current view, or take the room back if that is this node. (Had the
+    /// receiver passed the room on before it died, that node's later state supersedes this
+    /// one where they meet: same epoch, higher seq.)
     fn retarget_snapshot(&mut self, room: &RoomId) {
         let Some(m) = self.moved.remove(room) else {
             return;
@@ -773,8 +791,10 @@ impl<H: Clone> Router<H> {
         }
     }
 
-    /// The link to `node` was reset: snapshots sent to it and not confirmed may be lost. Send
-    /// them again (to the room's owner in the current view, which is usually `node` still).
+    /// The link to `node` was reset: snapshots sent to it and not confirmed may be lost — or
+    /// may have arrived and be in use there, their confirmation lost. So they are sent again
+    /// to `node` itself, never elsewhere and never taken back: `node` confirms a copy it has,
+    /// and two nodes can never sequence the same epoch from one snapshot.
     pub(super) fn peer_reset_owner_side(&mut self, node: &NodeId, out: &mut Vec<Action<H>>) {
         let rooms: Vec<RoomId> = self
             .moved
@@ -783,7 +803,13 @@ impl<H: Clone> Router<H> {
             .map(|(r, _)| r.clone())
             .collect();
         for room in rooms {
-            self.retarget_snapshot(&room);
+            if let Some(m) = self.moved.get_mut(&room) {
+                m.sent = false;
+                self.handoffs.in_flight -= 1;
+                self.handoffs.in_flight_bytes -= m.bytes;
+                self.handoffs.waiting.push_back(room);
+                self.stats.handoffs_resent += 1;
+            }
         }
         self.pump_handoffs(out);
     }
@@ -824,5 +850,27 @@ impl<H: Clone> Router<H> {
         }
         self.moved
             .retain(|_, m| m.state.is_some() || m.until_us > now);
+    }
+}
+
+#[cfg(test)]
+impl<H: Clone> Router<H> {
+    pub(super) fn debug_owned(&self, room: &RoomId) -> String {
+        let owned = self
+            .owned
+            .get(room)
+            .map(|r| format!("owned {}/{} interested {:?}", r.epoch, r.seq, r.interested));
+        let moved = self.moved.get(room).map(|m| {
+            format!(
+                "moved to {} snapshot {:?}",
+                m.to,
+                m.state.as_ref().map(|s| (s.epoch.clone(), s.seq))
+            )
+        });
+        let pending = self
+            .pending_owner
+            .get(room)
+            .map(|p| format!("pending {:?}", p.waiting));
+        format!("{owned:?} {moved:?} {pending:?}")
     }
 }

@@ -155,6 +155,37 @@ impl Sim {
         }
     }
 
+    /// Like `settle`, but gives up after `max` deliveries (false): a livelock, messages
+    /// bouncing between routers forever.
+    fn settle_bounded(&mut self, max: usize) -> bool {
+        let mut n = 0;
+        loop {
+            let keys: Vec<(NodeId, NodeId)> = self
+                .links
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(k, _)| k.clone())
+                .collect();
+            if keys.is_empty() {
+                return true;
+            }
+            for (f, t) in keys {
+                self.pump_one(f.as_str(), t.as_str());
+                n += 1;
+            }
+            if n > max {
+                if std::env::var("ROOMCAST_SIM_TRACE").is_ok() {
+                    for ((f, t), q) in &self.links {
+                        for m in q.iter().take(6) {
+                            eprintln!("livelock {f}>{t}: {m:?}");
+                        }
+                    }
+                }
+                return false;
+            }
+        }
+    }
+
     fn drop_link_queue(&mut self, from: &str, to: &str) {
         self.links.remove(&(node(from), node(to)));
     }
@@ -882,7 +913,14 @@ fn disagreeing_views() -> (Sim, RoomId) {
         },
     );
     s.settle();
-    for c in [2, 3, 4] {
+    // The publish fails at once (b names no new owner: re-sent later it could be overtaken by
+    // a later publish of this node, should b become the owner meanwhile); it was not sequenced.
+    let r = s.replies(2);
+    assert!(
+        matches!(&r[..], [Reply::Error { code: ErrorCode::Unavailable, message }] if message.contains("not sequenced")),
+        "{r:?}"
+    );
+    for c in [3, 4] {
         assert!(
             s.take(c).is_empty(),
             "refused as not owner: waiting, not failed"
@@ -892,22 +930,18 @@ fn disagreeing_views() -> (Sim, RoomId) {
 }
 
 #[test]
-fn requests_refused_while_views_disagree_wait_and_succeed_once_they_agree() {
+fn joins_and_reads_refused_while_views_disagree_wait_and_succeed_once_they_agree() {
     let (mut s, _) = disagreeing_views();
     s.input("b", Input::Members(vec![node("a"), node("b")]));
     s.now_us += 300_000;
     s.input("a", Input::Tick);
     s.settle();
-    assert!(matches!(
-        &s.replies(2)[..],
-        [Reply::Published { seq: 1, .. }]
-    ));
-    assert!(matches!(&s.replies(3)[..], [Reply::Joined { seq: 1, .. }]));
-    assert!(matches!(&s.replies(4)[..], [Reply::History { seq: 1, .. }]));
+    assert!(matches!(&s.replies(3)[..], [Reply::Joined { seq: 0, .. }]));
+    assert!(matches!(&s.replies(4)[..], [Reply::History { seq: 0, .. }]));
 }
 
 #[test]
-fn requests_refused_until_their_deadline_fail_as_unavailable() {
+fn joins_and_reads_refused_until_their_deadline_fail_as_unavailable() {
     let (mut s, _) = disagreeing_views();
     // Every retry is refused; request_timeout (5 s) ends the wait.
     for _ in 0..20 {
@@ -924,8 +958,6 @@ fn requests_refused_until_their_deadline_fail_as_unavailable() {
             }
         )
     };
-    let r2 = s.replies(2);
-    assert!(r2.len() == 1 && unavailable(&r2[0]), "{r2:?}");
     let got = s.take(3);
     assert!(
         matches!(&got[0], Got::Reply(r) if unavailable(r)),
@@ -1314,8 +1346,19 @@ fn a_hint_that_leads_nowhere_is_dropped() {
     let nodes = ["a", "b", "c"];
     let mut s = Sim::new(&nodes);
     let r = room_owned_by("b", &nodes);
-    // a's publish (token 1) is lost; a refusal claiming the room went to c arrives instead.
-    s.publish("a", 9, &r, "1");
+    s.publish("b", 8, &r, "1");
+    s.settle();
+    // a's history read (token 1) is lost; a refusal claiming the room went to c arrives.
+    s.input(
+        "a",
+        Input::History {
+            handle: 9,
+            room: r.clone(),
+            since: 0,
+            limit: 10,
+            req: ReqId::NONE,
+        },
+    );
     s.drop_link_queue("a", "b");
     s.input(
         "a",
@@ -1335,7 +1378,7 @@ fn a_hint_that_leads_nowhere_is_dropped() {
     s.now_us += 300_000;
     s.input("a", Input::Tick);
     s.settle();
-    assert_eq!(published(&s.replies(9)), vec![1]);
+    assert!(matches!(&s.replies(9)[..], [Reply::History { seq: 1, .. }]));
 }
 
 /// Three views at once: b drains and hands r to a, while c — which has not yet seen a ready —
@@ -1377,4 +1420,358 @@ fn a_room_in_transit_is_waited_for_not_restarted() {
     s.settle();
     assert_eq!(published(&s.replies(8)), vec![4], "same epoch, next seq");
     assert_eq!(s.nodes[&node("c")].stats().fresh_epochs, 0);
+}
+
+// ---------------------------------------------------------------- randomised schedules
+
+/// xorshift64*: a tiny deterministic generator, so a failing schedule is replayed by its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn data_of(frame: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(frame).unwrap();
+    v["data"].as_u64().unwrap()
+}
+
+fn epoch_of(frame: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(frame).unwrap();
+    v["epoch"].as_str().unwrap().to_string()
+}
+
+/// One random schedule of ownership moves among three live nodes (no node dies): publishes,
+/// late joins, views that change node by node (lagging, disagreeing: drains, rejoins, flaps),
+/// messages delivered in random link order, and link resets. Then the views agree and
+/// everything is delivered. Returns a description of the first invariant broken, if any.
+fn random_moves(seed: u64) -> Result<(), String> {
+    let names = ["a", "b", "c"];
+    let mut rng = Rng::new(seed);
+    let mut s = Sim::new(&names);
+    let rooms: Vec<RoomId> = (0..3).map(|i| room(&format!("sim-{i}"))).collect();
+    // Subscribers from the start: conn 10*node + room. Late joiners: 1000 and up.
+    let mut subs: Vec<(H, usize)> = Vec::new();
+    for (ni, n) in names.iter().enumerate() {
+        for ri in 0..rooms.len() {
+            let c = (10 * ni + ri) as H;
+            s.join(n, c, &rooms[ri], None);
+            subs.push((c, ri));
+        }
+    }
+    s.settle();
+    let mut late: Vec<(H, usize, usize)> = Vec::new(); // conn, room, node
+    let mut next_payload = 0u64;
+    let mut publishers: HashMap<H, Vec<(usize, u64)>> = HashMap::new(); // conn -> (room, payload) in order
+    let trace = std::env::var("ROOMCAST_SIM_TRACE").is_ok();
+    for step in 0..400 {
+        let op = rng.below(100);
+        if trace {
+            let q: Vec<String> = s
+                .links
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|((f, t), q)| {
+                    format!(
+                        "{f}>{t}:{}",
+                        q.iter().map(|m| m.kind()).collect::<Vec<_>>().join(",")
+                    )
+                })
+                .collect();
+            eprintln!("step {step} op {op} links [{}]", q.join(" "));
+        }
+        match op {
+            0..=39 => {
+                let ni = rng.below(3) as usize;
+                let ri = rng.below(rooms.len() as u64) as usize;
+                next_payload += 1;
+                // One handle per publish: replies come in the order owners answer.
+                let conn = (100_000 + next_payload) as H;
+                publishers.entry(conn).or_default().push((ri, next_payload));
+                if trace {
+                    eprintln!("  publish {next_payload} at {} room {ri}", names[ni]);
+                }
+                s.publish(names[ni], conn, &rooms[ri], &next_payload.to_string());
+            }
+            40..=44 => {
+                let ni = rng.below(3) as usize;
+                let ri = rng.below(rooms.len() as u64) as usize;
+                let conn = (1000 + late.len()) as H;
+                s.join(names[ni], conn, &rooms[ri], None);
+                late.push((conn, ri, ni));
+            }
+            45..=52 => {
+                // A new view at one node: a random non-empty eligible set, everyone live.
+                let ni = rng.below(3) as usize;
+                let mut eligible: Vec<&str> = names
+                    .iter()
+                    .copied()
+                    .filter(|_| rng.below(3) != 0)
+                    .collect();
+                if eligible.is_empty() {
+                    eligible.push(names[rng.below(3) as usize]);
+                }
+                if trace {
+                    eprintln!("  view at {} eligible {eligible:?}", names[ni]);
+                }
+                view(&mut s, &[names[ni]], &eligible, &names);
+            }
+            53..=89 => {
+                let keys: Vec<(NodeId, NodeId)> = s
+                    .links
+                    .iter()
+                    .filter(|(_, q)| !q.is_empty())
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                if !keys.is_empty() {
+                    let (f, t) = keys[rng.below(keys.len() as u64) as usize].clone();
+                    s.pump_one(f.as_str(), t.as_str());
+                }
+            }
+            90..=93 => {
+                let x = rng.below(3) as usize;
+                let y = (x + 1 + rng.below(2) as usize) % 3;
+                if trace {
+                    eprintln!("  reset {}>{}", names[x], names[y]);
+                }
+                s.drop_link_queue(names[x], names[y]);
+                s.input(names[x], Input::PeerReset(node(names[y])));
+                s.input(names[y], Input::PeerReset(node(names[x])));
+            }
+            _ => {
+                s.now_us += rng.below(400_000);
+                s.input(names[rng.below(3) as usize], Input::Tick);
+            }
+        }
+    }
+    // Heal: one view everywhere, everything delivered, retries and resyncs finished.
+    view(&mut s, &names, &names, &names);
+    for _ in 0..30 {
+        if !s.settle_bounded(20_000) {
+            return Err("livelock: messages still bouncing after 20,000 deliveries".into());
+        }
+        s.now_us += 250_000;
+        for n in names {
+            s.input(n, Input::Tick);
+        }
+    }
+    if !s.settle_bounded(20_000) {
+        return Err("livelock: messages still bouncing after 20,000 deliveries".into());
+    }
+
+    // Each publish got exactly one reply; collect the acknowledged payloads per room.
+    let mut acked: Vec<Vec<u64>> = vec![Vec::new(); rooms.len()];
+    for (conn, sent) in &publishers {
+        let replies = s.replies(*conn);
+        if replies.len() != sent.len() {
+            return Err(format!(
+                "conn {conn}: {} publishes, {} replies",
+                sent.len(),
+                replies.len()
+            ));
+        }
+        for ((ri, payload), reply) in sent.iter().zip(&replies) {
+            if let Reply::Published { .. } = reply {
+                acked[*ri].push(*payload);
+            }
+        }
+    }
+    // Per room: one (epoch, seq) per payload across all subscribers; each subscriber gets each
+    // payload at most once, in increasing seq within an epoch; every acknowledged payload
+    // reaches every subscriber that joined before the run; late joiners get nothing from before
+    // their join.
+    let mut order: HashMap<(usize, u64), (String, u64)> = HashMap::new();
+    let mut check =
+        |conn: H, ri: usize, got: Vec<Got>, joined_before: bool| -> Result<(), String> {
+            let mut seen: HashMap<u64, ()> = HashMap::new();
+            let mut joined_at: Option<(String, u64)> = None;
+            let mut last: Option<(String, u64)> = None;
+            for g in got {
+                match g {
+                    Got::Reply(Reply::Joined { seq, epoch, .. }) => {
+                        joined_at = Some((epoch.to_string(), seq));
+                    }
+                    Got::Reply(Reply::Error { .. }) | Got::JoinFailed => {
+                        if joined_before {
+                            return Err(format!("conn {conn}: join failed"));
+                        }
+                    }
+                    Got::Event(seq, frame) => {
+                        let (payload, epoch) = (data_of(&frame), epoch_of(&frame));
+                        if seen.insert(payload, ()).is_some() {
+                            return Err(format!("conn {conn}: payload {payload} twice"));
+                        }
+                        match &joined_at {
+                            None => {
+                                return Err(format!("conn {conn}: event before its join reply"));
+                            }
+                            Some((e, js)) if *e == epoch && seq <= *js => {
+                                return Err(format!(
+                                    "conn {conn}: joined at {e}/{js}, got {epoch}/{seq}"
+                                ));
+                            }
+                            _ => {}
+                        }
+                        if let Some((e, ls)) = &last
+                            && *e == epoch
+                            && seq <= *ls
+                        {
+                            return Err(format!("conn {conn}: seq {seq} after {ls} in {e}"));
+                        }
+                        last = Some((epoch.clone(), seq));
+                        match order.get(&(ri, payload)) {
+                            Some(p) if *p != (epoch.clone(), seq) => {
+                                return Err(format!(
+                                    "room {ri}: payload {payload} at {epoch}/{seq} and at {p:?}"
+                                ));
+                            }
+                            Some(_) => {}
+                            None => {
+                                order.insert((ri, payload), (epoch, seq));
+                            }
+                        }
+                    }
+                    Got::Evicted => return Err(format!("conn {conn}: evicted")),
+                    Got::Reply(_) => {}
+                }
+            }
+            if joined_before {
+                for p in &acked[ri] {
+                    if !seen.contains_key(p) {
+                        return Err(format!(
+                            "conn {conn}: acknowledged payload {p} never delivered (it got {:?})",
+                            last
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        };
+    let stats: Vec<String> = s
+        .nodes
+        .iter()
+        .map(|(n, r)| {
+            let st = r.stats();
+            format!(
+                "{n}: fresh {} conflicts {} resent {} retries {}",
+                st.fresh_epochs, st.handoff_conflicts, st.handoffs_resent, st.retries
+            )
+        })
+        .collect();
+    let rooms_state: Vec<String> = rooms
+        .iter()
+        .flat_map(|r| {
+            s.nodes
+                .values()
+                .map(move |n| format!("{r} {}", n.debug_room(r)))
+        })
+        .collect();
+    let with_stats = |e: String| format!("{e}; {}\n{}", stats.join("; "), rooms_state.join("\n"));
+    for (conn, ri) in subs {
+        let got = s.take(conn);
+        // The initial Joined replies were already in `got` (never taken).
+        check(conn, ri, got, true).map_err(with_stats)?;
+    }
+    for (conn, ri, _) in late {
+        let got = s.take(conn);
+        check(conn, ri, got, false).map_err(with_stats)?;
+    }
+    let fresh: u64 = s.nodes.values().map(|r| r.stats().fresh_epochs).sum();
+    if fresh > rooms.len() as u64 {
+        return Err(format!(
+            "{fresh} epochs started for {} rooms: a move restarted a room",
+            rooms.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Many random schedules of ownership moves; `ROOMCAST_SIM_RUNS` sets how many (default 300),
+/// `ROOMCAST_SIM_SEED` replays one (the routers iterate `HashMap`s, so a seed fixes the
+/// schedule but not every internal order: replay a failing seed a few times), and
+/// `ROOMCAST_SIM_TRACE` prints it.
+///
+/// Ignored (run it with `cargo test -- --ignored random_ownership`): it found five bugs that
+/// are fixed, each with its own scenario test (a reset re-aiming a snapshot that had arrived,
+/// a found state dropped, a stale re-send installed, a room in transit taken for no room,
+/// pipelined publishes reordered), but with three nodes whose views change arbitrarily and
+/// independently it still finds schedules (about 6 seeds in 16) where two copies of a room
+/// are sequenced in the same epoch or a feed ends behind an acknowledged message. Preventing
+/// those needs ownership fencing (a per-room term that only grows), which comes with
+/// replication (issue 10); drains and rejoins, where views converge between moves, are covered
+/// by the tests above and the process tests.
+#[test]
+#[ignore = "finds schedules that need ownership fencing (issue 10); run with --ignored"]
+fn random_ownership_moves_lose_duplicate_and_misdeliver_nothing() {
+    if let Some(seed) = std::env::var("ROOMCAST_SIM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        random_moves(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        return;
+    }
+    let runs: u64 = std::env::var("ROOMCAST_SIM_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let mut failures = Vec::new();
+    for seed in 0..runs {
+        if let Err(e) = random_moves(seed) {
+            failures.push(format!("seed {seed}: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {runs} schedules broke an invariant (replay with ROOMCAST_SIM_SEED=N):\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Pipelined publishes keep their order across a move: #1 and #2 are out at the old owner when
+/// it hands the room away, #3 is made after #1's refusal named the new owner. #3 waits until
+/// #2 has come back too, and all three are sequenced 1, 2, 3 by the new owner.
+#[test]
+fn pipelined_publishes_keep_their_order_across_a_move() {
+    let nodes = ["a", "b", "c"];
+    let mut s = Sim::new(&nodes);
+    let r = room_owned_by("a", &nodes);
+    let heir = hash::owner(&r, &[node("b"), node("c")]).unwrap().clone();
+    let publisher = if heir.as_str() == "b" { "c" } else { "b" };
+    s.join(heir.as_str(), 1, &r, None);
+    s.settle();
+    s.take(1);
+    s.publish(publisher, 9, &r, "1");
+    s.publish(publisher, 9, &r, "2");
+    view(&mut s, &["a"], &["b", "c"], &["a", "b", "c"]); // a drains, hands r to the heir
+    assert!(s.pump_one(publisher, "a")); // #1 refused, naming the heir
+    assert!(s.pump_one("a", publisher));
+    s.publish(publisher, 9, &r, "3"); // made while #2 is still out at a
+    s.settle();
+    assert_eq!(published(&s.replies(9)), vec![1, 2, 3]);
+    let got: Vec<u64> = s
+        .take(1)
+        .iter()
+        .filter_map(|g| match g {
+            Got::Event(_, f) => Some(data_of(f)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![1, 2, 3], "sequenced in the order they were made");
 }

@@ -328,7 +328,14 @@ impl<H: Clone> Router<H> {
         let msg = kind.to_msg(&room, token);
         // A publish waits behind earlier publishes of the room that are being redirected, so
         // that the owner sequences this node's publishes in the order they were made.
-        let held = matches!(kind, ReqKind::Publish { .. }) && self.publishes_moving(&room, &owner);
+        let publish = matches!(kind, ReqKind::Publish { .. });
+        let held = publish && self.publishes_moving(&room, &owner);
+        if publish {
+            self.publishes_by_room
+                .entry(room.clone())
+                .or_default()
+                .push(token);
+        }
         self.pending.insert(
             token,
             PendingReq {
@@ -349,11 +356,27 @@ impl<H: Clone> Router<H> {
 
     /// True while publishes for `room` are parked, or out at a node other than `to`.
     fn publishes_moving(&self, room: &RoomId, to: &NodeId) -> bool {
-        self.pending.values().any(|p| {
-            matches!(p.kind, ReqKind::Publish { .. })
-                && p.room == *room
-                && p.owner.as_ref().is_none_or(|o| o != to)
+        self.publishes_by_room.get(room).is_some_and(|tokens| {
+            tokens.iter().any(|t| {
+                self.pending
+                    .get(t)
+                    .is_some_and(|p| p.owner.as_ref().is_none_or(|o| o != to))
+            })
         })
+    }
+
+    /// Removes a pending request (and its entry in the per-room publish index).
+    fn take_pending(&mut self, token: u64) -> Option<PendingReq<H>> {
+        let p = self.pending.remove(&token)?;
+        if matches!(p.kind, ReqKind::Publish { .. })
+            && let Some(tokens) = self.publishes_by_room.get_mut(&p.room)
+        {
+            tokens.retain(|t| *t != token);
+            if tokens.is_empty() {
+                self.publishes_by_room.remove(&p.room);
+            }
+        }
+        Some(p)
     }
 
     /// Sends the parked publishes of `room`, in the order they were made, once none is still
@@ -361,10 +384,15 @@ impl<H: Clone> Router<H> {
     fn release_publishes(&mut self, room: &RoomId, out: &mut Vec<Action<H>>) {
         let to = self.route(room);
         let mut parked: Vec<u64> = Vec::new();
-        for (t, p) in &self.pending {
-            if !matches!(p.kind, ReqKind::Publish { .. }) || p.room != *room {
+        let tokens = self
+            .publishes_by_room
+            .get(room)
+            .cloned()
+            .unwrap_or_default();
+        for t in &tokens {
+            let Some(p) = self.pending.get(t) else {
                 continue;
-            }
+            };
             match &p.owner {
                 Some(o) if *o != to => return,
                 Some(_) => {}
@@ -733,7 +761,7 @@ impl<H: Clone> Router<H> {
         seq: u64,
         out: &mut Vec<Action<H>>,
     ) {
-        if let Some(p) = self.pending.remove(&token) {
+        if let Some(p) = self.take_pending(token) {
             out.push(Action::Reply {
                 to: p.handle,
                 req: p.req,
@@ -757,7 +785,7 @@ impl<H: Clone> Router<H> {
         recovered: bool,
         out: &mut Vec<Action<H>>,
     ) {
-        if let Some(p) = self.pending.remove(&token) {
+        if let Some(p) = self.take_pending(token) {
             out.push(Action::Reply {
                 to: p.handle,
                 req: p.req,
@@ -816,7 +844,7 @@ impl<H: Clone> Router<H> {
                 } else {
                     "the room's owner is changing; retry"
                 };
-                if let Some(p) = self.pending.remove(&token) {
+                if let Some(p) = self.take_pending(token) {
                     out.push(Action::Reply {
                         to: p.handle,
                         req: p.req,
@@ -950,7 +978,7 @@ impl<H: Clone> Router<H> {
                 p.retry_at_us = 0;
                 continue;
             }
-            if let Some(p) = self.pending.remove(&t) {
+            if let Some(p) = self.take_pending(t) {
                 out.push(Action::Reply {
                     to: p.handle,
                     req: p.req,
@@ -1005,7 +1033,7 @@ impl<H: Clone> Router<H> {
             .map(|(t, _)| *t)
             .collect();
         for t in expired {
-            if let Some(p) = self.pending.remove(&t) {
+            if let Some(p) = self.take_pending(t) {
                 out.push(Action::Reply {
                     to: p.handle,
                     req: p.req,

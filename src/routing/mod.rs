@@ -198,6 +198,9 @@ pub struct Router<H> {
     hints: HashMap<RoomId, (NodeId, u64)>,
     /// Publishes and history reads waiting for the owner, by token.
     pending: HashMap<u64, PendingReq<H>>,
+    /// Tokens of the pending publishes of each room (so the publish-order check looks at a
+    /// room's few in-flight publishes, not at every pending request of the shard).
+    publishes_by_room: HashMap<RoomId, Vec<u64>>,
     next_token: u64,
     now_us: u64,
     loopback: VecDeque<PeerMsg>,
@@ -219,6 +222,7 @@ impl<H: Clone> Router<H> {
             handoffs: HandoffQueue::default(),
             hints: HashMap::new(),
             pending: HashMap::new(),
+            publishes_by_room: HashMap::new(),
             next_token: 1,
             now_us: 0,
             loopback: VecDeque::new(),

@@ -27,6 +27,10 @@ pub enum PeerError {
 pub struct RoomState {
     pub epoch: Epoch,
     pub seq: u64,
+    /// How many times the room has moved in this epoch (each handoff adds one): a copy that
+    /// comes back to a node with no more moves than when it left that node is a stale re-send,
+    /// however its seq compares.
+    pub moves: u64,
     pub history: Vec<HistEntry>,
     /// Nodes that had registered interest with the previous owner.
     pub interested: Vec<NodeId>,

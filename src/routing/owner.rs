@@ -48,6 +48,8 @@ pub(super) struct OwnedRoom {
     epoch: Epoch,
     /// Last assigned seq (0 before the first message of the epoch).
     seq: u64,
+    /// Handoffs of this epoch so far (see `RoomState::moves`).
+    moves: u64,
     history: History,
     /// Nodes with local subscribers; each gets every event once. A handful at most, so a Vec.
     interested: Vec<NodeId>,
@@ -78,9 +80,9 @@ pub(super) struct Moved {
     /// `approx_size` of the Handoff carrying `state`.
     bytes: usize,
     /// Where the room stood when it left (kept after confirmation): a copy of it that comes
-    /// back later — a re-send whose confirmation crossed it — is recognised as stale.
+    /// back later with no more moves — a re-send whose confirmation crossed it — is stale.
     epoch: Epoch,
-    seq: u64,
+    moves: u64,
 }
 
 /// Unasked handoffs waiting for the window, and what the window holds now.
@@ -107,6 +109,7 @@ impl OwnedRoom {
         OwnedRoom {
             epoch: Epoch::fresh(me, now_us / 1000),
             seq: 0,
+            moves: 0,
             history: History::default(),
             interested: Vec::new(),
         }
@@ -120,6 +123,7 @@ impl OwnedRoom {
         OwnedRoom {
             epoch: s.epoch,
             seq: s.seq,
+            moves: s.moves,
             history,
             interested: s.interested,
         }
@@ -129,6 +133,8 @@ impl OwnedRoom {
         RoomState {
             epoch: self.epoch,
             seq: self.seq,
+            // Leaving: one more move.
+            moves: self.moves + 1,
             history: self.history.drain(),
             interested: self.interested,
         }
@@ -496,7 +502,7 @@ impl<H: Clone> Router<H> {
                 to,
                 until_us: self.now_us + MOVED_TTL_US,
                 epoch: state.epoch.clone(),
-                seq: state.seq,
+                moves: state.moves,
                 state: Some(state),
                 sent: false,
                 bytes,
@@ -630,7 +636,8 @@ impl<H: Clone> Router<H> {
         // confirmation reached us) or a newer state supersedes our snapshot. Only an older copy
         // of our own snapshot — or the same one from a third node — is stale.
         if let Some(m) = self.moved.get(&room) {
-            let stale = m.epoch == s.epoch && (m.seq > s.seq || (m.seq == s.seq && m.to != from));
+            // A room that went on and came back (over any number of nodes) has moved more.
+            let stale = m.epoch == s.epoch && s.moves <= m.moves;
             if stale {
                 return;
             }
@@ -748,7 +755,9 @@ impl<H: Clone> Router<H> {
                 // it (the senders retry there).
                 if let Some(p) = self.pending_owner.remove(&room) {
                     let hint = p.found.is_some().then(|| owner.clone());
-                    if let Some(state) = p.found {
+                    if let Some(mut state) = p.found {
+                        // Passing it on is a move too.
+                        state.moves += 1;
                         self.hand_off(room.clone(), owner, state);
                     }
                     for (from, msg) in p.queued {
@@ -812,6 +821,17 @@ impl<H: Clone> Router<H> {
             }
         }
         self.pump_handoffs(out);
+        // A question about a room's state, or its answer, may have been lost with the link:
+        // ask again rather than wait out the deadline and open a new epoch.
+        let asks: Vec<RoomId> = self
+            .pending_owner
+            .iter()
+            .filter(|(_, p)| p.waiting.contains(node))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in asks {
+            self.send(node.clone(), PeerMsg::HandoffQuery { room }, out);
+        }
     }
 
     /// Expires history, drops rooms nobody follows whose history is gone, stops waiting for

@@ -203,11 +203,13 @@ async fn follow_membership(node: Arc<NodeContext>, peers: Peers) {
         if settled {
             node.cluster_ready.store(true, Ordering::Release);
         }
+        // The routers learn first, gossip second: once a peer can see this node ready (and
+        // send it requests, or ask it for rooms), its own routers already count it an owner.
+        apply_view(&node, &view).await;
         if node.cluster_ready.load(Ordering::Acquire) && !announced {
             node.membership.set_ready(true).await;
             announced = true;
         }
-        apply_view(&node, &view).await;
         let waiting = !node.cluster_ready.load(Ordering::Acquire);
         tokio::select! {
             r = views.changed() => if r.is_err() { return },
@@ -378,8 +380,14 @@ async fn shutdown_on_signal(node: Arc<NodeContext>, server: actix_web::dev::Serv
 /// `drain_grace` if they did not go, then gossip stops.
 async fn drain(node: &NodeContext, url: &str, deadline: Instant) {
     tracing::info!(connections = node.conns.len(), reconnect = %url, "draining");
+    // Routers stop owning rooms (this node is not ready any more) and hand them over — before
+    // gossip says so: a shard handles its inputs in order, so once a peer can see this node
+    // draining (and ask it for a room, or create the room itself), the view is applied here
+    // and this node will not create that room too. (The order that made two epochs of a room
+    // created as a drain began.)
+    let view = node.views.borrow().clone();
+    apply_view(node, &view).await;
     node.membership.set_draining(true).await;
-    // Routers stop owning rooms now (this node is not ready any more) and hand them over.
     node.view_nudge.notify_one();
     // Let the other nodes see the draining flag before clients arrive there.
     tokio::time::sleep(node.config.gossip_interval * 3 + Duration::from_millis(100)).await;

@@ -680,6 +680,12 @@ impl<H: Clone> Router<H> {
             Some(s) => OwnedRoom::from_state(s, &limits),
             None => {
                 self.stats.fresh_epochs += 1;
+                tracing::info!(
+                    %room,
+                    unanswered = ?p.waiting,
+                    moving = ?p.moving,
+                    "no live node had the room's state: starting a new epoch"
+                );
                 OwnedRoom::fresh(&self.me, self.now_us)
             }
         };

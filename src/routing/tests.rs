@@ -1040,15 +1040,17 @@ fn leaving_while_the_join_waits_answers_the_join() {
 
 // ---------------------------------------------------------------- ownership moves (issue 8)
 
+/// The owner of `r` among `members` (for finding rooms that move a certain way).
+fn owner_among(r: &RoomId, members: &[&str]) -> String {
+    let m: Vec<NodeId> = members.iter().map(|x| node(x)).collect();
+    hash::owner(r, &m).unwrap().as_str().to_string()
+}
+
 /// A room whose owner among `with` is `a` and among `without` is `b`.
 fn room_moving(a: &str, with: &[&str], b: &str, without: &[&str]) -> RoomId {
-    let w: Vec<NodeId> = with.iter().map(|s| node(s)).collect();
-    let wo: Vec<NodeId> = without.iter().map(|s| node(s)).collect();
     (0..)
         .map(|i| room(&format!("room-{i}")))
-        .find(|r| {
-            hash::owner(r, &w).unwrap().as_str() == a && hash::owner(r, &wo).unwrap().as_str() == b
-        })
+        .find(|r| owner_among(r, with) == a && owner_among(r, without) == b)
         .unwrap()
 }
 
@@ -1245,10 +1247,7 @@ fn a_returning_node_finds_the_room_state_on_any_live_node() {
     let r = (0..)
         .map(|i| room(&format!("room-{i}")))
         .find(|r| {
-            let o = |m: &[&str]| {
-                let m: Vec<NodeId> = m.iter().map(|x| node(x)).collect();
-                hash::owner(r, &m).unwrap().as_str().to_string()
-            };
+            let o = |m: &[&str]| owner_among(r, m);
             o(&["b", "c"]) == "c" && o(&["a", "b"]) == "a" && o(&["a", "b", "c"]) == "a"
         })
         .unwrap();
@@ -1392,10 +1391,7 @@ fn a_room_in_transit_is_waited_for_not_restarted() {
     let r = (0..)
         .map(|i| room(&format!("room-{i}")))
         .find(|r| {
-            let o = |m: &[&str]| {
-                let m: Vec<NodeId> = m.iter().map(|x| node(x)).collect();
-                hash::owner(r, &m).unwrap().as_str().to_string()
-            };
+            let o = |m: &[&str]| owner_among(r, m);
             o(&["a", "b", "c"]) == "b" && o(&["a", "c"]) == "a"
         })
         .unwrap();

@@ -1460,9 +1460,9 @@ fn random_moves(seed: u64) -> Result<(), String> {
     // Subscribers from the start: conn 10*node + room. Late joiners: 1000 and up.
     let mut subs: Vec<(H, usize)> = Vec::new();
     for (ni, n) in names.iter().enumerate() {
-        for ri in 0..rooms.len() {
+        for (ri, r) in rooms.iter().enumerate() {
             let c = (10 * ni + ri) as H;
-            s.join(n, c, &rooms[ri], None);
+            s.join(n, c, r, None);
             subs.push((c, ri));
         }
     }

@@ -12,8 +12,10 @@
 //! * [`cluster`] — membership by gossip (the only user of chitchat), gossip authentication.
 //! * [`internode`] — the binary internode protocol: handshake, frames, peer links, listener.
 //! * [`rooms`] — room shards: tasks that each own a `Router` and carry out its actions.
-//! * [`outbox`] — a connection's bounded outbound queue and writer, and the handle the room
-//!   shards hold of a connection.
+//! * [`socket`] — the WebSocket socket layer: handshake on actix-http's upgrade path, frame
+//!   encoding, the reader, each connection's bounded outbox and its vectored writer.
+//! * [`conn`] — what the node holds of a connection (`ConnHandle`) and the messages it sends one.
+//! * [`delivery`] — room shards hand deliveries to connection worker threads in batches.
 //! * [`node`] — what a running node is for the layers that serve clients (`NodeContext`).
 //! * [`session`] — the WebSocket connection actor: client protocol and per-connection limits.
 //! * [`http`] — routes only: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/cluster`.
@@ -21,7 +23,7 @@
 //! * [`server`] — wiring: runtimes, shards, HTTP server, signals and shutdown.
 //!
 //! Imports point down only: `server` → `http` → `session` → `node` → `rooms`, `internode`,
-//! `cluster` → `outbox` → `routing`, `metrics` → `protocol` → `ids`.
+//! `cluster` → `delivery` → `conn` → `socket`, `routing` → `metrics` → `protocol` → `ids`.
 
 pub mod bench;
 pub mod cli;
@@ -32,12 +34,14 @@ pub mod ids;
 pub mod internode;
 pub mod metrics;
 pub mod node;
-pub mod outbox;
+pub mod conn;
+pub mod delivery;
 pub mod protocol;
 pub mod rooms;
 pub mod routing;
 pub mod server;
 pub mod session;
+pub mod socket;
 
 /// Wall-clock time in unix microseconds (event timestamps, history age, latency).
 pub fn now_us() -> u64 {

@@ -19,7 +19,10 @@ use crate::config::Config;
 use crate::ids::{ConnId, NodeId};
 use crate::internode::Peers;
 use crate::metrics as m;
-use crate::outbox::{CloseNow, Outbox, TextKind};
+use crate::conn::CloseNow;
+use crate::delivery::Workers;
+use crate::socket::frame;
+use crate::socket::outbox::{FrameKind, Outbox};
 use crate::protocol::CloseReason;
 use crate::rooms::Shards;
 
@@ -57,9 +60,11 @@ impl ConnRegistry {
 
     /// Queues a notice for every connection (e.g. the reconnect hint of a drain).
     pub fn send_all(&self, frame: bytestring::ByteString) {
+        // One encoded frame, shared by every connection.
+        let bytes = frame::text(&frame);
         let g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         for (_, outbox) in g.values() {
-            let _ = outbox.text(frame.clone(), TextKind::Control);
+            let _ = outbox.shared(bytes.clone(), FrameKind::Control);
         }
     }
 
@@ -79,6 +84,8 @@ pub struct NodeContext {
     pub node_id: NodeId,
     pub config: Arc<Config>,
     pub shards: Shards,
+    /// The connection worker threads, as the shards hand them deliveries.
+    pub workers: Arc<Workers>,
     pub conns: ConnRegistry,
     /// False once shutdown began: `/readyz` says 503 and `/ws` refuses upgrades.
     pub accepting: AtomicBool,

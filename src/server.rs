@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::{ClusterSecret, ClusterView, Membership, MembershipConfig};
 use crate::config::Config;
+use crate::delivery::Workers;
 use crate::ids::NodeId;
 use crate::internode::{InternodeConfig, Peers};
 use crate::metrics as m;
@@ -119,12 +120,14 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             },
             tokio::runtime::Handle::current(),
         );
+        let workers = Workers::new(config.worker_threads());
         let shards = Shards::start(
             config.shard_count(),
             node_id.clone(),
             router_cfg,
             &tokio::runtime::Handle::current(),
             Arc::new(peers.clone()),
+            workers.clone(),
         );
         peers.set_shards(shards.clone());
         cluster_tcp
@@ -143,6 +146,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             node_id: node_id.clone(),
             config: config.clone(),
             shards,
+            workers,
             conns: ConnRegistry::default(),
             accepting: AtomicBool::new(true),
             cluster_ready: AtomicBool::new(config.seed.is_empty()),
@@ -330,30 +334,45 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, ServerError> {
         .ok_or_else(|| err("no address".into()))
 }
 
+/// Serves HTTP on actix-server: actix-http's HTTP/1 service with the actix-web `App` for the
+/// routes and, for WebSocket upgrades, the upgrade service that takes the socket out of the
+/// HTTP layer (`http::upgrade`).
 async fn serve_http(
     node: Arc<NodeContext>,
     listener: std::net::TcpListener,
 ) -> Result<(), ServerError> {
+    use actix_service::map_config;
+    use actix_web::dev::AppConfig;
+
     let cfg = node.config.clone();
     let app_node = node.clone();
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new()
-            .app_data(actix_web::web::Data::from(app_node.clone()))
-            .configure(crate::http::routes)
-    })
-    .workers(cfg.worker_threads())
-    .max_connections(cfg.max_connections.max(1))
-    .disable_signals()
-    .shutdown_timeout(cfg.shutdown_timeout.as_secs().max(1))
-    .listen(listener)
-    .map_err(ServerError::Http)?
-    .run();
+    let server = actix_server::Server::build()
+        .workers(cfg.worker_threads())
+        // Per worker; WebSocket connections leave actix-server's count once upgraded (the
+        // node counts them itself for `max_connections`).
+        .max_concurrent_connections(cfg.max_connections.max(1))
+        .backlog(4096)
+        .disable_signals()
+        .shutdown_timeout(cfg.shutdown_timeout.as_secs().max(1))
+        .listen("http", listener, move || {
+            let app = actix_web::App::new()
+                .app_data(actix_web::web::Data::from(app_node.clone()))
+                .configure(crate::http::routes);
+            actix_http::HttpService::build()
+                .upgrade(crate::http::upgrade::WsUpgradeFactory {
+                    node: app_node.clone(),
+                })
+                .h1(map_config(app, |_| AppConfig::default()))
+                .tcp()
+        })
+        .map_err(ServerError::Http)?
+        .run();
     let handle = server.handle();
     actix_web::rt::spawn(shutdown_on_signal(node, handle));
     server.await.map_err(ServerError::Http)
 }
 
-async fn shutdown_on_signal(node: Arc<NodeContext>, server: actix_web::dev::ServerHandle) {
+async fn shutdown_on_signal(node: Arc<NodeContext>, server: actix_server::ServerHandle) {
     wait_for_signal().await;
     let deadline = Instant::now() + node.config.shutdown_timeout;
     // Stop taking clients; probes get a clean 503 from /readyz, /ws refuses upgrades.

@@ -1,21 +1,20 @@
 //! HTTP routes, and nothing else: each handler reads the node context or hands the request to
 //! the module that owns the concept.
 //!
-//! * `GET /ws` — WebSocket upgrade (plain GET → 400; shutting down or full → 503).
+//! * `GET /ws` — WebSocket upgrade, handled by [`upgrade`] on actix-http's upgrade path
+//!   (shutting down or full → 503); a plain GET reaches the `App` and gets 400.
 //! * `GET /healthz` — the process is alive.
 //! * `GET /readyz` — the node accepts clients (503 while shutting down).
 //! * `GET /metrics` — Prometheus text format.
 //! * `GET /cluster` — this node's view of the cluster members.
 
-use std::sync::Arc;
+pub mod upgrade;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::node::NodeContext;
-use crate::outbox::{AbortSignal, AbortableBody};
-use crate::session::Session;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(ws))
@@ -31,29 +30,13 @@ fn unavailable(why: &str) -> HttpResponse {
         .json(json!({ "error": why }))
 }
 
-async fn ws(
-    req: HttpRequest,
-    body: web::Payload,
-    node: web::Data<NodeContext>,
-) -> Result<HttpResponse, actix_web::Error> {
+/// `GET /ws` without an upgrade (upgrades never reach the `App`).
+async fn ws(node: web::Data<NodeContext>) -> HttpResponse {
     if !node.is_accepting() {
-        return Ok(unavailable("shutting down"));
+        return unavailable("shutting down");
     }
-    if node.conns.len() >= node.config.max_connections {
-        return Ok(unavailable("connection limit reached"));
-    }
-    // A request that is not a WebSocket handshake fails here with 400 (or 405/426).
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let max = node.config.max_frame_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
-    let abort = Arc::new(AbortSignal::default());
-    Session::start(node.into_inner(), session, stream, abort.clone());
-    Ok(response
-        .map_body(|_, body| AbortableBody::new(body, abort))
-        .map_into_boxed_body())
+    HttpResponse::BadRequest()
+        .json(json!({ "error": "expected a WebSocket upgrade (Upgrade: websocket)" }))
 }
 
 async fn healthz() -> HttpResponse {

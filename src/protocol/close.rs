@@ -27,10 +27,12 @@ pub enum CloseReason {
     Gap = 8,
     /// A server fault (1011).
     Internal = 9,
+    /// A text message that is not valid UTF-8 (1007).
+    InvalidData = 10,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Normal,
         CloseReason::Shutdown,
         CloseReason::Draining,
@@ -41,6 +43,7 @@ impl CloseReason {
         CloseReason::TooManyErrors,
         CloseReason::Gap,
         CloseReason::Internal,
+        CloseReason::InvalidData,
     ];
 
     /// Decodes the outbox's close slot (0 = open, else reason + 1).
@@ -59,6 +62,7 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => 4408,
             CloseReason::TooManyErrors => 1008,
             CloseReason::Internal => 1011,
+            CloseReason::InvalidData => 1007,
         }
     }
 
@@ -75,6 +79,7 @@ impl CloseReason {
             CloseReason::TooManyErrors => "too_many_errors",
             CloseReason::Gap => "resync_required",
             CloseReason::Internal => "internal",
+            CloseReason::InvalidData => "invalid_utf8",
         }
     }
 }

@@ -5,9 +5,10 @@
 //! without locks and a room's events are handled in one order. A shard takes [`Input`]s from a
 //! bounded queue (connection actors `try_send` and turn a full queue into `unavailable`; the
 //! internode reader awaits, which pushes back on the peer), steps the router, and carries out
-//! the actions at once: replies and events go straight into the connections' outboxes (an event
-//! frame is encoded once by the owner and shared by every subscriber), messages for other nodes
-//! go to the [`PeerSink`].
+//! the actions at once: replies, history and events for local connections are collected in a
+//! [`Batch`] and handed to the connections' worker threads once per step batch (`delivery`; an
+//! event's WebSocket frame is built here once per room message and shared by every subscriber
+//! on this node), messages for other nodes go to the [`PeerSink`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,11 +16,14 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::conn::{ConnHandle, JoinFailed, reply_frame};
+use crate::delivery::{Batch, Workers};
 use crate::ids::{NodeId, RoomId};
 use crate::metrics as m;
-use crate::outbox::{ConnHandle, JoinFailed, TextKind, send_reply};
 use crate::protocol::CloseReason;
 use crate::protocol::encode::Reply;
+use crate::socket::frame;
+use crate::socket::outbox::{Frame, FrameKind};
 use crate::routing::hash::shard_of;
 use crate::routing::{Action, Input, PeerMsg, Router, RouterConfig, RouterStats};
 
@@ -65,6 +69,7 @@ impl Shards {
         cfg: RouterConfig,
         rt: &tokio::runtime::Handle,
         peers: Arc<dyn PeerSink>,
+        workers: Arc<Workers>,
     ) -> Shards {
         let mut txs = Vec::with_capacity(n);
         let owned: Arc<[AtomicUsize]> = (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect();
@@ -77,7 +82,7 @@ impl Shards {
                 owned: owned.clone(),
                 unconfirmed: unconfirmed.clone(),
             };
-            rt.spawn(run_shard(router, rx, peers.clone(), gauges));
+            rt.spawn(run_shard(router, rx, peers.clone(), workers.clone(), gauges));
             txs.push(tx);
         }
         Shards {
@@ -177,10 +182,12 @@ async fn run_shard(
     mut router: Router<ConnHandle>,
     mut rx: mpsc::Receiver<Input<ConnHandle>>,
     peers: Arc<dyn PeerSink>,
+    workers: Arc<Workers>,
     gauges: Gauges,
 ) {
     let idx = gauges.idx;
     let mut out: Vec<Action<ConnHandle>> = Vec::with_capacity(64);
+    let mut batch = Batch::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = Reported::default();
@@ -189,19 +196,21 @@ async fn run_shard(
         tokio::select! {
             input = rx.recv() => {
                 let Some(input) = input else { break };
-                step(&mut router, input, &mut out, &*peers);
+                step(&mut router, input, &mut out, &mut batch, &*peers);
                 for _ in 1..BATCH {
                     match rx.try_recv() {
-                        Ok(input) => step(&mut router, input, &mut out, &*peers),
+                        Ok(input) => step(&mut router, input, &mut out, &mut batch, &*peers),
                         Err(_) => break,
                     }
                 }
             }
             _ = tick.tick() => {
-                step(&mut router, Input::Tick, &mut out, &*peers);
+                step(&mut router, Input::Tick, &mut out, &mut batch, &*peers);
                 reported.export(&router);
             }
         }
+        // Everything this step batch produced for local connections, one handoff per worker.
+        batch.flush(&workers);
         gauges.owned[idx].store(router.owned_rooms(), Ordering::Release);
         gauges.unconfirmed[idx].store(router.unconfirmed_handoffs(), Ordering::Release);
     }
@@ -214,6 +223,7 @@ fn step(
     router: &mut Router<ConnHandle>,
     input: Input<ConnHandle>,
     out: &mut Vec<Action<ConnHandle>>,
+    batch: &mut Batch,
     peers: &dyn PeerSink,
 ) {
     if let Input::Peer { from, msg } = &input {
@@ -226,28 +236,33 @@ fn step(
                 if matches!(reply, Reply::Published { .. }) {
                     m::published();
                 }
-                send_reply(&to.outbox, &req, &reply);
+                batch.frame(&to, reply_frame(&req, &reply));
             }
             Action::Deliver { to, frame, .. } => {
-                let _ = to.outbox.text(frame, TextKind::Replay);
+                let bytes = frame::text(&frame);
+                batch.frame(
+                    &to,
+                    Frame {
+                        bytes,
+                        kind: FrameKind::Replay,
+                    },
+                );
             }
             Action::Fanout {
                 subs,
                 frame,
                 accepted_us,
             } => {
-                let kind = TextKind::Event { accepted_us };
-                for (_, h) in subs.iter() {
-                    // A full outbox closes its connection (counted there); the others go on.
-                    let _ = h.outbox.text(frame.clone(), kind);
-                }
+                // The event's WebSocket frame, built once for every subscriber on this node.
+                let bytes = frame::text(&frame);
+                batch.fanout(&subs, &bytes, accepted_us);
             }
             Action::JoinFailed { to, room } => {
                 // One message per failed join the connection itself asked for: bounded.
                 to.conn.do_send(JoinFailed(room));
             }
             Action::Evict { to, .. } => {
-                to.outbox.close(CloseReason::Gap);
+                batch.close(&to, CloseReason::Gap);
             }
             Action::Send { to, msg } => {
                 tracing::trace!(%to, kind = msg.kind(), room = %msg.room(), "peer message out");

@@ -1,30 +1,38 @@
 //! The WebSocket connection: one actix actor per connection.
 //!
-//! The actor consumes the actix-ws `MessageStream` (so it must be created on the worker thread
-//! that accepted the request), validates each request, enforces per-connection limits (rooms
-//! joined, publish rate, error budget, heartbeat) and hands room work to the room shards. It
-//! never writes to the socket itself: everything outbound goes through the connection's
-//! [`Outbox`], drained by the writer task ([`outbox::run_writer`]), which keeps frames in order
-//! and bounds what a slow client can cost.
+//! The actor owns the socket's read half (it reads and decodes client frames itself, through
+//! [`Reader`]; it is created on the worker thread that accepted the connection), validates each
+//! request, enforces per-connection limits (rooms joined, publish rate, error budget,
+//! heartbeat) and hands room work to the room shards. Everything outbound goes through the
+//! connection's [`Outbox`], drained by the writer task ([`writer::run`]) that owns the write
+//! half, which keeps frames in order and bounds what a slow client can cost.
 //!
 //! A connection ends for exactly one [`CloseReason`], sent as the WebSocket close code and
-//! reason text, and counted. Bad input ends at most this connection; nothing here panics on
-//! client input.
+//! reason text, and counted. Closing: when the client sends a close frame, the writer answers
+//! it (after what is queued) and the actor lets the read half go at once, so TCP closes as soon
+//! as the answer is written. When the server closes, the writer sends what is queued, the
+//! close frame and FIN; the actor keeps reading (and ignoring requests) until the client
+//! answers, hangs up, or [`LINGER`] passes — closing a socket with unread input would reset it
+//! and could destroy frames still on their way to the client. Bad input ends at most this
+//! connection; nothing here panics on client input.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, AsyncContext, Handler, StreamHandler};
-use actix_ws::{AggregatedMessage, ProtocolError};
+use bytes::BytesMut;
+use tokio::net::TcpStream;
 
+use crate::conn::{CloseNow, ConnHandle, JoinFailed, send_reply};
 use crate::ids::{ConnId, ConnName, RoomId};
 use crate::metrics as m;
 use crate::node::NodeContext;
-use crate::outbox::{
-    self, AbortSignal, CloseNow, ConnHandle, Frame, JoinFailed, Outbox, TextKind, send_reply,
-};
 use crate::protocol::CloseReason;
+use crate::socket::frame;
+use crate::socket::outbox::{self, Frame, FrameKind, Outbox};
+use crate::socket::reader::{Message as WsMessage, ReadError, Reader};
+use crate::socket::writer;
 use crate::protocol::encode::{self, Reply};
 use crate::protocol::{ErrorCode, Op, ParseLimits, ReqId, parse_request};
 use crate::rooms::Shards;
@@ -70,6 +78,10 @@ impl Bucket {
 const ERROR_BURST: f64 = 100.0;
 const ERROR_RATE: f64 = 10.0;
 
+/// How long a connection the server closed waits for the client to answer the close frame
+/// (or hang up) before the socket is closed anyway.
+pub const LINGER: Duration = Duration::from_secs(1);
+
 /// The connection actor.
 pub struct Session {
     id: ConnId,
@@ -81,25 +93,26 @@ pub struct Session {
     publish_bucket: Bucket,
     error_bucket: Bucket,
     last_seen: Instant,
+    /// The server began closing: requests are ignored, the actor stops when the client answers
+    /// (or after [`LINGER`]).
+    closing: bool,
 }
 
 impl Session {
-    /// Starts the actor for an accepted WebSocket on the current worker thread, with its
-    /// writer task. `stream` must already carry the frame limits.
-    pub fn start(
-        node: Arc<NodeContext>,
-        session: actix_ws::Session,
-        stream: actix_ws::AggregatedMessageStream,
-        abort: Arc<AbortSignal>,
-    ) {
+    /// Starts the actor for an accepted WebSocket on the current worker thread (the one that
+    /// accepted it), with its writer task. `leftover`: bytes read past the handshake.
+    pub fn start(node: Arc<NodeContext>, stream: TcpStream, leftover: BytesMut) {
         let cfg = &node.config;
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let reader = Reader::new(rd, leftover, cfg.max_frame_bytes);
         let (outbox, rx) = outbox::outbox(cfg.outbound_max_messages, cfg.outbound_max_bytes);
         let grace = cfg.shutdown_timeout.min(Duration::from_secs(5));
         let id = ConnId::next();
         let name = ConnName::new(&node.node_id, id);
         let publish_bucket = Bucket::new(f64::from(cfg.publish_rate), f64::from(cfg.publish_burst));
         let addr = Session::create(move |ctx| {
-            ctx.add_stream(stream);
+            ctx.add_stream(reader);
             Session {
                 id,
                 name,
@@ -110,15 +123,13 @@ impl Session {
                 publish_bucket,
                 error_bucket: Bucket::new(ERROR_RATE, ERROR_BURST),
                 last_seen: Instant::now(),
+                closing: false,
             }
         });
-        actix_web::rt::spawn(outbox::run_writer(
-            session,
-            rx,
-            abort,
-            grace,
-            addr.recipient(),
-        ));
+        let actor = addr.recipient::<CloseNow>();
+        actix_web::rt::spawn(async move {
+            writer::run(wr, rx, grace, move |reason| actor.do_send(CloseNow(reason))).await;
+        });
     }
 
     fn shards(&self) -> &Shards {
@@ -151,9 +162,14 @@ impl Session {
         }
     }
 
+    /// Closes from the server side: the writer sends what is queued and the close frame; the
+    /// actor waits for the client's answer, at most [`LINGER`].
     fn close(&mut self, ctx: &mut actix::Context<Self>, reason: CloseReason) {
         self.outbox.close(reason);
-        ctx.stop();
+        if !self.closing {
+            self.closing = true;
+            ctx.run_later(LINGER, |_, ctx| ctx.stop());
+        }
     }
 
     fn on_text(&mut self, ctx: &mut actix::Context<Self>, text: &str) {
@@ -284,6 +300,7 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.handle = Some(ConnHandle {
             outbox: self.outbox.clone(),
+            worker: self.node.workers.current(),
             conn: ctx.address().recipient(),
         });
         self.node
@@ -291,23 +308,26 @@ impl Actor for Session {
             .register(self.id, ctx.address().recipient(), self.outbox.clone());
         let hb = self.node.config.heartbeat_interval;
         let _ = self.outbox.text(
-            encode::welcome(&self.name, &self.node.node_id, hb.as_millis() as u64),
-            TextKind::Control,
+            &encode::welcome(&self.name, &self.node.node_id, hb.as_millis() as u64),
+            FrameKind::Control,
         );
         let max_silence = hb * self.node.config.heartbeat_max_missed;
         ctx.run_interval(hb, move |act, ctx| {
-            if act.last_seen.elapsed() > max_silence {
+            if act.closing {
+            } else if act.last_seen.elapsed() > max_silence {
                 act.close(ctx, CloseReason::HeartbeatTimeout);
             } else {
-                let _ = act.outbox.push(Frame::Ping);
+                let _ = act.outbox.push(Frame {
+                    bytes: frame::ping(),
+                    kind: FrameKind::Control,
+                });
             }
         });
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // The writer counts the disconnect by its reason when it starts closing.
         self.outbox.close(CloseReason::Normal);
-        let reason = self.outbox.closing().unwrap_or(CloseReason::Normal);
-        m::disconnect(reason);
         self.node.conns.unregister(self.id);
         if let Some(handle) = self.handle.take() {
             for room in self.rooms.drain() {
@@ -323,39 +343,59 @@ impl Actor for Session {
     }
 }
 
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Session {
-    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<WsMessage, ReadError>> for Session {
+    fn handle(&mut self, item: Result<WsMessage, ReadError>, ctx: &mut Self::Context) {
         self.last_seen = Instant::now();
+        if self.closing {
+            // Waiting for the client's answer to our close: a close or an error ends it,
+            // anything else is ignored.
+            if matches!(item, Ok(WsMessage::Close(_)) | Err(_)) {
+                ctx.stop();
+            }
+            return;
+        }
         match item {
-            Ok(AggregatedMessage::Text(text)) => self.on_text(ctx, &text),
-            Ok(AggregatedMessage::Binary(_)) => self.client_error(
+            Ok(WsMessage::Text(text)) => self.on_text(ctx, &text),
+            Ok(WsMessage::Binary(_)) => self.client_error(
                 ctx,
                 &ReqId::NONE,
                 ErrorCode::BadRequest,
                 "binary frames are not supported; send JSON text frames",
             ),
-            Ok(AggregatedMessage::Ping(b)) => {
-                let _ = self.outbox.push(Frame::Pong(b));
+            Ok(WsMessage::Ping(b)) => {
+                let _ = self.outbox.push(Frame {
+                    bytes: frame::pong(&b),
+                    kind: FrameKind::Control,
+                });
             }
-            Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(_)) => self.close(ctx, CloseReason::Normal),
+            Ok(WsMessage::Pong(_)) => {}
+            Ok(WsMessage::Close(_)) => {
+                // The client closes: answer (after what is queued) and let go of the read side
+                // now; TCP closes as soon as the writer has written the answer.
+                self.outbox.close(CloseReason::Normal);
+                ctx.stop();
+            }
+            Err(ReadError::Io(e)) => {
+                tracing::debug!(conn = %self.name, error = %e, "socket read failed");
+                self.outbox.close(CloseReason::Normal);
+                ctx.stop();
+            }
             Err(e) => {
                 let reason = match &e {
-                    ProtocolError::Overflow => CloseReason::TooBig,
-                    ProtocolError::Io(io)
-                        if io.to_string().contains("maximum continuation size") =>
-                    {
-                        CloseReason::TooBig
-                    }
+                    ReadError::TooBig(_) => CloseReason::TooBig,
+                    ReadError::InvalidUtf8 => CloseReason::InvalidData,
                     _ => CloseReason::Protocol,
                 };
                 tracing::debug!(conn = %self.name, error = %e, "closing connection on a protocol error");
-                self.close(ctx, reason);
+                // The client's input is broken: nothing more of it is read.
+                self.outbox.close(reason);
+                ctx.stop();
             }
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
+        // EOF: the client hung up (or the reader ended after a close or an error).
         ctx.stop();
     }
 }

@@ -1,0 +1,64 @@
+//! What the rest of the node holds of a client connection, and the messages it sends to one.
+//!
+//! A room shard keeps a [`ConnHandle`] per local subscriber: the connection's outbox (where its
+//! frames go), the worker thread that owns the connection (so deliveries are batched per
+//! worker, see `delivery`), and the actor to tell when a join failed. This module sits below
+//! both the connection actor (`session`) and the room shards (`rooms`), so neither reaches up
+//! into the other.
+
+use actix::{Message, Recipient};
+
+use crate::ids::RoomId;
+use crate::metrics as m;
+use crate::protocol::encode::{self, Reply};
+use crate::protocol::{CloseReason, ErrorCode, ReqId};
+use crate::socket::outbox::{Frame, FrameKind, Outbox};
+
+/// The index of the HTTP worker thread that owns a connection (its actor and socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorkerId(pub u16);
+
+/// What the room shards hold for a local connection: where to write, which worker owns it,
+/// and whom to tell when a join failed.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub outbox: Outbox,
+    pub worker: WorkerId,
+    pub conn: Recipient<JoinFailed>,
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnHandle(worker {})", self.worker.0)
+    }
+}
+
+/// Sent by a shard when a join did not succeed, so the connection forgets the room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JoinFailed(pub RoomId);
+
+/// Sent to a connection's actor to close it (shutdown, drain; the writer when the outbox
+/// closed from elsewhere, e.g. a slow consumer).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseNow(pub CloseReason);
+
+/// The frame of a reply, counting errors by code.
+pub fn reply_frame(id: &ReqId, reply: &Reply) -> Frame {
+    if let Reply::Error { code, .. } = reply
+        && *code != ErrorCode::RateLimited
+    {
+        // Rate-limit refusals are counted where they are decided.
+        m::protocol_error(*code);
+    }
+    Frame {
+        bytes: crate::socket::frame::text(&encode::reply(id, reply)),
+        kind: FrameKind::Control,
+    }
+}
+
+/// Writes a reply to `outbox` now (the connection actor's own replies).
+pub fn send_reply(outbox: &Outbox, id: &ReqId, reply: &Reply) {
+    let _ = outbox.push(reply_frame(id, reply));
+}

@@ -1,0 +1,113 @@
+//! `GET /ws` with a WebSocket upgrade: actix-http's upgrade service.
+//!
+//! actix-http sends every request that asks for a WebSocket upgrade here instead of to the
+//! actix-web `App`. This service applies the node's rules (the path is `/ws`; 503 while
+//! shutting down or at `max_connections`), lets `socket::handshake` check and answer the
+//! handshake, and starts the connection actor with the TCP stream. A plain `GET /ws` (no
+//! upgrade) still goes to the `App`, which answers 400.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use actix_http::body::BoxBody;
+use actix_http::{Request, Response, StatusCode};
+use actix_service::{Service, ServiceFactory};
+use bytes::Bytes;
+
+use crate::node::NodeContext;
+use crate::session::Session;
+use crate::socket::handshake::{self, Upgrading};
+
+/// Why an upgrade ended without a connection (only socket errors; refusals are answered).
+#[derive(Debug, thiserror::Error)]
+#[error("WebSocket upgrade: {0}")]
+pub struct UpgradeError(#[from] std::io::Error);
+
+impl From<UpgradeError> for Response<BoxBody> {
+    fn from(_: UpgradeError) -> Self {
+        Response::internal_server_error()
+    }
+}
+
+/// A JSON error answer, as the `App`'s routes give.
+fn json_error(status: StatusCode, why: &str) -> Response<Bytes> {
+    let body = Bytes::from(serde_json::json!({ "error": why }).to_string());
+    let mut res = Response::with_body(status, body);
+    let h = res.headers_mut();
+    h.insert(
+        actix_http::header::CONTENT_TYPE,
+        actix_http::header::HeaderValue::from_static("application/json"),
+    );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(
+            actix_http::header::RETRY_AFTER,
+            actix_http::header::HeaderValue::from_static("1"),
+        );
+    }
+    res
+}
+
+/// The upgrade service of one worker.
+pub struct WsUpgrade {
+    node: Arc<NodeContext>,
+}
+
+impl Service<(Request, Upgrading)> for WsUpgrade {
+    type Response = ();
+    type Error = UpgradeError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), UpgradeError>>>>;
+
+    fn poll_ready(&self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&self, (req, mut framed): (Request, Upgrading)) -> Self::Future {
+        let node = self.node.clone();
+        Box::pin(async move {
+            if req.path() != "/ws" {
+                return Ok(handshake::respond(
+                    &mut framed,
+                    json_error(StatusCode::NOT_FOUND, "no WebSocket endpoint here; use /ws"),
+                )
+                .await?);
+            }
+            if !node.is_accepting() {
+                let res = json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+                return Ok(handshake::respond(&mut framed, res).await?);
+            }
+            if node.conns.len() >= node.config.max_connections {
+                let res =
+                    json_error(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached");
+                return Ok(handshake::respond(&mut framed, res).await?);
+            }
+            if let Err(e) = handshake::check(&req) {
+                return Ok(handshake::refuse(&mut framed, e).await?);
+            }
+            let (stream, leftover) = handshake::accept(&req, framed).await?;
+            Session::start(node, stream, leftover);
+            Ok(())
+        })
+    }
+}
+
+/// Makes one [`WsUpgrade`] per worker.
+pub struct WsUpgradeFactory {
+    pub node: Arc<NodeContext>,
+}
+
+impl ServiceFactory<(Request, Upgrading)> for WsUpgradeFactory {
+    type Response = ();
+    type Error = UpgradeError;
+    type Config = ();
+    type Service = WsUpgrade;
+    type InitError = ();
+    type Future = std::future::Ready<Result<WsUpgrade, ()>>;
+
+    fn new_service(&self, _: ()) -> Self::Future {
+        std::future::ready(Ok(WsUpgrade {
+            node: self.node.clone(),
+        }))
+    }
+}

@@ -41,6 +41,7 @@ def med(runs, f):
 def metrics(s):
     if s in ("a", "b"):
         return [("deliveries/s", lambda r: r["deliveries_per_s"], True, "{:,.0f}"),
+                ("deliveries per server core-s", lambda r: r.get("deliveries_per_server_cpu_s"), True, "{:,.0f}"),
                 ("publishes/s", lambda r: r["publishes_per_s"], True, "{:,.0f}"),
                 ("p99 latency ms", lambda r: r["latency"]["p99_us"] / 1000, False, "{:,.2f}")]
     if s == "c":

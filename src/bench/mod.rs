@@ -264,6 +264,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
     // Warm-up, then the measured window, with a progress line.
     tokio::time::sleep(args.warmup).await;
     let window_start = Instant::now();
+    let server_cpu_before = proc_cpu_seconds(&args.rss_pids);
     shared
         .window_start_us
         .store(crate::now_us(), Ordering::Release);
@@ -289,6 +290,10 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         }
     }
     let measured = window_start.elapsed().as_secs_f64();
+    let server_cpu_s = match (server_cpu_before, proc_cpu_seconds(&args.rss_pids)) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
     shared.measuring.store(false, Ordering::Release);
     shared.stop_publishing.store(true, Ordering::Release);
     let rss_end = rss_total(&args.rss_pids);
@@ -336,6 +341,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
             rss_before,
             rss_after_connect,
             rss_end,
+            server_cpu_s,
         },
     )
     .await)
@@ -362,6 +368,26 @@ fn rss_total(pids: &[u32]) -> Option<u64> {
 }
 
 /// This process's CPU time (user + system), seconds.
+/// CPU time (user + system) of the given processes, from /proc (the servers under test).
+fn proc_cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut total = 0.0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may contain spaces) start after ") ".
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here (0-based).
+        let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        total += ticks / hz;
+    }
+    Some(total)
+}
+
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the struct we pass and reads nothing else.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };

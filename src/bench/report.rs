@@ -34,6 +34,8 @@ pub(crate) struct Measures {
     pub rss_before: Option<u64>,
     pub rss_after_connect: Option<u64>,
     pub rss_end: Option<u64>,
+    /// CPU time the node processes (`--rss-pid`) used during the measured window.
+    pub server_cpu_s: Option<f64>,
 }
 
 /// Latency percentiles, microseconds (publish sent → event received).
@@ -95,6 +97,11 @@ pub struct Report {
     /// Resident memory of the given node processes per connection (after connect − before).
     pub rss_bytes_per_conn: Option<f64>,
     pub rss_end_mb: Option<f64>,
+    /// CPU seconds the servers (`--rss-pid`) used in the measured window.
+    pub server_cpu_s: Option<f64>,
+    /// Deliveries in the window per second of server CPU: the server's cost per delivery,
+    /// independent of how much CPU the generator left it.
+    pub deliveries_per_server_cpu_s: Option<f64>,
     /// True when the run saw no loss, duplicate, reorder, gap or order conflict.
     pub ok: bool,
 }
@@ -179,6 +186,11 @@ pub(crate) async fn build(shared: &Shared, m: Measures) -> Report {
         bench_cpu_s: m.cpu_s,
         rss_bytes_per_conn: rss_per_conn,
         rss_end_mb: m.rss_end.map(|b| b as f64 / 1048576.0),
+        server_cpu_s: m.server_cpu_s,
+        deliveries_per_server_cpu_s: m
+            .server_cpu_s
+            .filter(|c| *c > 0.0)
+            .map(|c| delivered as f64 / c),
         ok: (a.chaos && !a.strict || lost == 0)
             && !(a.strict && results.iter().any(|r| r.unrecovered > 0))
             && duplicated == 0
@@ -248,6 +260,9 @@ impl fmt::Display for Report {
             self.disconnected
         )?;
         write!(f, "  bench cpu     {:.2} s", self.bench_cpu_s)?;
+        if let (Some(c), Some(d)) = (self.server_cpu_s, self.deliveries_per_server_cpu_s) {
+            write!(f, "\n  server cpu    {c:.2} s ({d:.0} deliveries per server core-second)")?;
+        }
         if let Some(r) = self.rss_bytes_per_conn {
             write!(f, "\n  node rss      {:.0} B per connection", r)?;
         }

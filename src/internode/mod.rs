@@ -45,6 +45,8 @@ pub const PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Messages read and handed to the shards together at most.
+const READ_BATCH: usize = 256;
 /// Messages written per flush at most.
 const WRITE_BATCH: usize = 128;
 
@@ -511,7 +513,7 @@ struct Refused(&'static str, String);
 async fn inbound(stream: TcpStream, from: SocketAddr, peers: Peers, conn_id: u64) {
     let _ = stream.set_nodelay(true);
     let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(stream, &peers)).await;
-    let (mut framed, peer, generation, addr) = match hs {
+    let (framed, peer, generation, addr) = match hs {
         Ok(Ok(x)) => x,
         Ok(Err(Refused(reason, detail))) => {
             m::internode_rejected(reason);
@@ -553,40 +555,57 @@ async fn inbound(stream: TcpStream, from: SocketAddr, peers: Peers, conn_id: u64
         return;
     };
     let (in_msgs, in_bytes) = m::internode_traffic("in");
-    let reason: Option<&'static str> = loop {
-        match framed.next().await {
-            None => break None,
-            // The codec reports an over-limit length prefix as InvalidData.
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                break Some("frame_too_large");
-            }
-            Some(Err(_)) => break None,
-            Some(Ok(bytes)) => {
-                in_msgs.increment(1);
-                in_bytes.increment(bytes.len() as u64 + 4);
-                match codec::decode(&bytes) {
-                    Ok(Frame::Msg(msg)) => {
-                        if let Err(why) = validate(&msg) {
-                            tracing::warn!(%peer, why, "invalid message from peer");
-                            break Some("invalid_message");
-                        }
-                        shards
-                            .send(Input::Peer {
-                                from: peer.clone(),
-                                msg,
-                            })
-                            .await;
+    // Everything already read is decoded and handed to the shards together: one queue entry
+    // per shard per read, not one per message (`Shards::send_peer_batch`).
+    let mut chunks = framed.ready_chunks(READ_BATCH);
+    let mut msgs: Vec<PeerMsg> = Vec::with_capacity(READ_BATCH);
+    let reason: Option<&'static str> = 'read: loop {
+        let Some(chunk) = chunks.next().await else {
+            break None;
+        };
+        let mut why = None;
+        for item in chunk {
+            let bytes = match item {
+                Ok(b) => b,
+                // The codec reports an over-limit length prefix as InvalidData.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    why = Some(Some("frame_too_large"));
+                    break;
+                }
+                Err(_) => {
+                    why = Some(None);
+                    break;
+                }
+            };
+            in_msgs.increment(1);
+            in_bytes.increment(bytes.len() as u64 + 4);
+            match codec::decode(&bytes) {
+                Ok(Frame::Msg(msg)) => {
+                    if let Err(w) = validate(&msg) {
+                        tracing::warn!(%peer, why = w, "invalid message from peer");
+                        why = Some(Some("invalid_message"));
+                        break;
                     }
-                    Ok(other) => {
-                        tracing::warn!(%peer, frame = ?other, "unexpected frame after handshake");
-                        break Some("unexpected_frame");
-                    }
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "undecodable frame from peer");
-                        break Some("decode");
-                    }
+                    msgs.push(msg);
+                }
+                Ok(other) => {
+                    tracing::warn!(%peer, frame = ?other, "unexpected frame after handshake");
+                    why = Some(Some("unexpected_frame"));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "undecodable frame from peer");
+                    why = Some(Some("decode"));
+                    break;
                 }
             }
+        }
+        // What came before a bad frame is still delivered, in order.
+        if !msgs.is_empty() {
+            shards.send_peer_batch(&peer, &mut msgs).await;
+        }
+        if let Some(w) = why {
+            break 'read w;
         }
     };
     if let Some(r) = reason {

@@ -50,10 +50,17 @@ const TICK: Duration = Duration::from_millis(500);
 /// Inputs handled per wake-up before the shard yields.
 const BATCH: usize = 256;
 
+/// What a shard's queue carries: one input, or every message one read from a peer link brought
+/// for this shard (handed over in one queue entry, stepped in order).
+pub enum ShardInput {
+    One(Input<ConnHandle>),
+    Peer { from: NodeId, msgs: Vec<PeerMsg> },
+}
+
 /// Handles to all shards of the node. Cheap to clone.
 #[derive(Clone)]
 pub struct Shards {
-    txs: Arc<[mpsc::Sender<Input<ConnHandle>>]>,
+    txs: Arc<[mpsc::Sender<ShardInput>]>,
     /// Rooms each shard owns, as of its last step (drain waits for zero).
     owned: Arc<[AtomicUsize]>,
     /// Handoffs each shard made that their receiver has not confirmed (drain waits for zero).
@@ -114,7 +121,7 @@ impl Shards {
         self.txs.is_empty()
     }
 
-    fn shard(&self, room: &RoomId) -> &mpsc::Sender<Input<ConnHandle>> {
+    fn shard(&self, room: &RoomId) -> &mpsc::Sender<ShardInput> {
         &self.txs[shard_of(room, self.txs.len())]
     }
 
@@ -134,12 +141,16 @@ impl Shards {
         let Some(room) = Self::room_of(&input) else {
             return Err(Box::new(input));
         };
-        self.shard(room).try_send(input).map_err(|e| {
-            m::shard_queue_full();
-            Box::new(match e {
-                mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
+        self.shard(room)
+            .try_send(ShardInput::One(input))
+            .map_err(|e| {
+                m::shard_queue_full();
+                let (mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i)) = e;
+                let ShardInput::One(i) = i else {
+                    unreachable!("sent as One")
+                };
+                Box::new(i)
             })
-        })
     }
 
     /// Queues a room input that must not be lost (a gone connection's leave): if the shard is
@@ -150,7 +161,7 @@ impl Shards {
             if let Some(room) = Self::room_of(&input) {
                 let tx = self.shard(room).clone();
                 self.rt.spawn(async move {
-                    let _ = tx.send(input).await;
+                    let _ = tx.send(ShardInput::One(input)).await;
                 });
             }
         }
@@ -159,14 +170,44 @@ impl Shards {
     /// Queues a room input, waiting while its shard is full (internode receive path).
     pub async fn send(&self, input: Input<ConnHandle>) {
         if let Some(room) = Self::room_of(&input) {
-            let _ = self.shard(room).send(input).await;
+            let _ = self.shard(room).send(ShardInput::One(input)).await;
+        }
+    }
+
+    /// Hands the messages one read from `from` brought (in arrival order) to their shards: one
+    /// queue entry per shard, waiting while a shard is full. Empties `msgs`.
+    pub async fn send_peer_batch(&self, from: &NodeId, msgs: &mut Vec<PeerMsg>) {
+        let n = self.txs.len();
+        if n == 1 || msgs.len() == 1 {
+            let idx = shard_of(msgs[0].room(), n);
+            if msgs.iter().all(|m| shard_of(m.room(), n) == idx) {
+                let batch = ShardInput::Peer {
+                    from: from.clone(),
+                    msgs: std::mem::take(msgs),
+                };
+                let _ = self.txs[idx].send(batch).await;
+                return;
+            }
+        }
+        let mut per: Vec<Vec<PeerMsg>> = (0..n).map(|_| Vec::new()).collect();
+        for m in msgs.drain(..) {
+            per[shard_of(m.room(), n)].push(m);
+        }
+        for (tx, batch) in self.txs.iter().zip(per) {
+            if !batch.is_empty() {
+                let input = ShardInput::Peer {
+                    from: from.clone(),
+                    msgs: batch,
+                };
+                let _ = tx.send(input).await;
+            }
         }
     }
 
     /// Sends a node-wide input (membership, link reset) to every shard, waiting for room.
     pub async fn broadcast(&self, make: impl Fn() -> Input<ConnHandle>) {
         for tx in self.txs.iter() {
-            let _ = tx.send(make()).await;
+            let _ = tx.send(ShardInput::One(make())).await;
         }
     }
 }
@@ -180,7 +221,7 @@ struct Gauges {
 
 async fn run_shard(
     mut router: Router<ConnHandle>,
-    mut rx: mpsc::Receiver<Input<ConnHandle>>,
+    mut rx: mpsc::Receiver<ShardInput>,
     peers: Arc<dyn PeerSink>,
     workers: Arc<Workers>,
     gauges: Gauges,
@@ -196,10 +237,10 @@ async fn run_shard(
         tokio::select! {
             input = rx.recv() => {
                 let Some(input) = input else { break };
-                step(&mut router, input, &mut out, &mut batch, &*peers);
-                for _ in 1..BATCH {
+                let mut n = take(&mut router, input, &mut out, &mut batch, &*peers);
+                while n < BATCH {
                     match rx.try_recv() {
-                        Ok(input) => step(&mut router, input, &mut out, &mut batch, &*peers),
+                        Ok(input) => n += take(&mut router, input, &mut out, &mut batch, &*peers),
                         Err(_) => break,
                     }
                 }
@@ -215,6 +256,33 @@ async fn run_shard(
         gauges.unconfirmed[idx].store(router.unconfirmed_handoffs(), Ordering::Release);
     }
     tracing::debug!(shard = idx, "room shard stopped");
+}
+
+/// Steps the router through one queue entry; returns the number of inputs it held.
+fn take(
+    router: &mut Router<ConnHandle>,
+    input: ShardInput,
+    out: &mut Vec<Action<ConnHandle>>,
+    batch: &mut Batch,
+    peers: &dyn PeerSink,
+) -> usize {
+    match input {
+        ShardInput::One(input) => {
+            step(router, input, out, batch, peers);
+            1
+        }
+        ShardInput::Peer { from, msgs } => {
+            let n = msgs.len();
+            for msg in msgs {
+                let input = Input::Peer {
+                    from: from.clone(),
+                    msg,
+                };
+                step(router, input, out, batch, peers);
+            }
+            n
+        }
+    }
 }
 
 /// One router step, its actions carried out at once (each action carries what it needs: a

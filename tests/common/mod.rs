@@ -479,12 +479,15 @@ pub struct RawWs {
 
 impl RawWs {
     pub async fn connect(addr: SocketAddr) -> RawWs {
+        RawWs::connect_with(addr, &[]).await
+    }
+
+    /// Connects, writing `first` (e.g. frames) in the same write as the handshake.
+    pub async fn connect_with(addr: SocketAddr, first: &[u8]) -> RawWs {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let req = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut req = handshake_request(addr, "/ws", "13").into_bytes();
+        req.extend_from_slice(first);
+        stream.write_all(&req).await.unwrap();
         let mut buf = Vec::new();
         let mut b = [0u8; 4096];
         loop {
@@ -536,7 +539,35 @@ impl RawWs {
 
     /// Sends one masked frame.
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
-        let mut f = vec![0x80 | opcode];
+        self.send_fragment(true, opcode, payload).await;
+    }
+
+    /// Sends one masked frame with FIN set or not (opcode 0 continues a fragmented message).
+    pub async fn send_fragment(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        let f = masked_frame(fin, opcode, payload);
+        self.stream.write_all(&f).await.unwrap();
+    }
+
+    /// Sends raw bytes (e.g. an unmasked frame, which clients must never send).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads until the server ends the TCP connection; returns the frames read before, or
+    /// panics if the connection is still open at the deadline.
+    pub async fn frames_until_eof(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(f) = self.read_frame().await {
+            out.push(f);
+        }
+        out
+    }
+}
+
+/// A masked client frame.
+pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    {
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
         let len = payload.len();
         if len < 126 {
             f.push(0x80 | len as u8);
@@ -550,8 +581,16 @@ impl RawWs {
         let mask = [1u8, 2, 3, 4];
         f.extend_from_slice(&mask);
         f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&f).await.unwrap();
+        f
     }
+}
+
+/// The opening handshake of a raw client, for tests that write it themselves.
+pub fn handshake_request(addr: SocketAddr, path: &str, version: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+    )
 }
 
 fn parse_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {

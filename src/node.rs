@@ -16,15 +16,15 @@ use tokio::sync::watch;
 
 use crate::cluster::{ClusterView, Membership};
 use crate::config::Config;
+use crate::conn::CloseNow;
+use crate::delivery::Workers;
 use crate::ids::{ConnId, NodeId};
 use crate::internode::Peers;
 use crate::metrics as m;
-use crate::conn::CloseNow;
-use crate::delivery::Workers;
-use crate::socket::frame;
-use crate::socket::outbox::{FrameKind, Outbox};
 use crate::protocol::CloseReason;
 use crate::rooms::Shards;
+use crate::socket::frame;
+use crate::socket::outbox::{FrameKind, Outbox};
 
 /// The live connections of this node: for the connection count, `max_connections` and
 /// closing everyone on shutdown. Touched on connect and disconnect only.

@@ -40,10 +40,14 @@ async fn ping_with_payload_gets_the_same_payload_back() {
     assert_eq!(frame_with(&mut raw, PONG).await, b"hello-125");
     // tokio-tungstenite.
     let mut c = node.connect().await;
-    c.ws.send(Message::Ping(b"abc".to_vec().into())).await.unwrap();
+    c.ws.send(Message::Ping(b"abc".to_vec().into()))
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let m = tokio::time::timeout_at(deadline, c.ws.next()).await.unwrap();
+        let m = tokio::time::timeout_at(deadline, c.ws.next())
+            .await
+            .unwrap();
         if let Some(Ok(Message::Pong(p))) = m {
             assert_eq!(&p[..], b"abc");
             break;
@@ -82,7 +86,11 @@ async fn an_unmasked_client_frame_closes_with_1002() {
     let mut raw = RawWs::connect(node.http).await;
     raw.send_raw(&[0x81, 0x02, b'h', b'i']).await;
     assert_eq!(close_code(&frame_with(&mut raw, CLOSE).await), 1002);
-    assert!(node.metric("roomcast_disconnects_total{reason=\"protocol_error\"}").await >= Some(1.0));
+    assert!(
+        node.metric("roomcast_disconnects_total{reason=\"protocol_error\"}")
+            .await
+            >= Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -129,9 +137,17 @@ async fn the_server_answers_a_client_close_and_closes_tcp_itself() {
 
 #[tokio::test]
 async fn every_frame_queued_before_a_server_close_arrives_gap_free() {
-    let mut node = Node::start(&["--publish-rate", "0", "--shutdown-timeout", "5s", "--drain-grace", "1s"]);
+    let node = Node::start(&[
+        "--publish-rate",
+        "0",
+        "--shutdown-timeout",
+        "5s",
+        "--drain-grace",
+        "1s",
+    ]);
     let mut sub = RawWs::connect(node.http).await;
-    sub.send_frame(TEXT, br#"{"op":"join","room":"last","id":1}"#).await;
+    sub.send_frame(TEXT, br#"{"op":"join","room":"last","id":1}"#)
+        .await;
     frame_with(&mut sub, TEXT).await; // welcome
     frame_with(&mut sub, TEXT).await; // joined
     // And a tokio-tungstenite subscriber.
@@ -143,7 +159,8 @@ async fn every_frame_queued_before_a_server_close_arrives_gap_free() {
     }
     // A burst still in flight when the node shuts down.
     for i in 300..600 {
-        p.send_json(&json!({"op":"publish","room":"last","data":i})).await;
+        p.send_json(&json!({"op":"publish","room":"last","data":i}))
+            .await;
     }
     node.signal("TERM");
     let frames = sub.frames_until_eof().await;
@@ -156,10 +173,22 @@ async fn every_frame_queued_before_a_server_close_arrives_gap_free() {
             }
         }
     }
-    assert!(seqs.len() >= 300, "only {} events before the close", seqs.len());
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "gap-free from 1");
+    assert!(
+        seqs.len() >= 300,
+        "only {} events before the close",
+        seqs.len()
+    );
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "gap-free from 1"
+    );
     let (op, payload) = frames.last().unwrap();
-    assert_eq!((*op, close_code(payload)), (CLOSE, 1001), "the close frame comes last");
+    assert_eq!(
+        (*op, close_code(payload)),
+        (CLOSE, 1001),
+        "the close frame comes last"
+    );
     let mut tseqs = Vec::new();
     let end = loop {
         match tsub.try_recv_frame(DEADLINE).await {
@@ -168,9 +197,20 @@ async fn every_frame_queued_before_a_server_close_arrives_gap_free() {
             Err(e) => break e,
         }
     };
-    assert!(tseqs.len() >= 300, "only {} events before the close", tseqs.len());
-    assert_eq!(tseqs, (1..=tseqs.len() as u64).collect::<Vec<_>>(), "gap-free from 1");
-    assert!(end.contains("Away") && end.contains("shutdown"), "closed with 1001: {end}");
+    assert!(
+        tseqs.len() >= 300,
+        "only {} events before the close",
+        tseqs.len()
+    );
+    assert_eq!(
+        tseqs,
+        (1..=tseqs.len() as u64).collect::<Vec<_>>(),
+        "gap-free from 1"
+    );
+    assert!(
+        end.contains("Away") && end.contains("shutdown"),
+        "closed with 1001: {end}"
+    );
 }
 
 #[tokio::test]
@@ -182,7 +222,10 @@ async fn tungstenite_client_close_is_answered() {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut answered = false;
     loop {
-        match tokio::time::timeout_at(deadline, c.ws.next()).await.expect("TCP not closed") {
+        match tokio::time::timeout_at(deadline, c.ws.next())
+            .await
+            .expect("TCP not closed")
+        {
             Some(Ok(Message::Close(_))) => answered = true,
             Some(Ok(_)) => {}
             Some(Err(_)) | None => break,
@@ -198,13 +241,19 @@ async fn the_handshake_is_checked_on_the_upgrade_path() {
         let mut s = tokio::net::TcpStream::connect(node.http).await.unwrap();
         s.write_all(req.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         String::from_utf8_lossy(&buf[..n]).to_string()
     }
     // Wrong version: 426 naming the one we speak.
     let r = head(&node, handshake_request(node.http, "/ws", "8")).await;
     assert!(r.starts_with("HTTP/1.1 426"), "{r}");
-    assert!(r.to_ascii_lowercase().contains("sec-websocket-version: 13"), "{r}");
+    assert!(
+        r.to_ascii_lowercase().contains("sec-websocket-version: 13"),
+        "{r}"
+    );
     // An upgrade elsewhere: 404.
     let r = head(&node, handshake_request(node.http, "/elsewhere", "13")).await;
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
@@ -224,7 +273,9 @@ async fn max_connections_refuses_upgrades_with_503() {
         node.metric("roomcast_connections").await == Some(2.0)
     })
     .await;
-    let err = tokio_tungstenite::connect_async(node.ws_url()).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(node.ws_url())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("503"), "{err}");
 }
 
@@ -244,7 +295,10 @@ async fn python_websockets_client_conformance() {
     }
     let node = Node::start(&["--max-frame-bytes", "10000", "--max-data-bytes", "1000"]);
     let out = tokio::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/ws_conformance.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/py/ws_conformance.py"
+        ))
         .arg(node.ws_url())
         .output();
     let out = tokio::time::timeout(Duration::from_secs(60), out)

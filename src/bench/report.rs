@@ -261,7 +261,10 @@ impl fmt::Display for Report {
         )?;
         write!(f, "  bench cpu     {:.2} s", self.bench_cpu_s)?;
         if let (Some(c), Some(d)) = (self.server_cpu_s, self.deliveries_per_server_cpu_s) {
-            write!(f, "\n  server cpu    {c:.2} s ({d:.0} deliveries per server core-second)")?;
+            write!(
+                f,
+                "\n  server cpu    {c:.2} s ({d:.0} deliveries per server core-second)"
+            )?;
         }
         if let Some(r) = self.rss_bytes_per_conn {
             write!(f, "\n  node rss      {:.0} B per connection", r)?;

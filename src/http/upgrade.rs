@@ -78,8 +78,7 @@ impl Service<(Request, Upgrading)> for WsUpgrade {
                 return Ok(handshake::respond(&mut framed, res).await?);
             }
             if node.conns.len() >= node.config.max_connections {
-                let res =
-                    json_error(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached");
+                let res = json_error(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached");
                 return Ok(handshake::respond(&mut framed, res).await?);
             }
             if let Err(e) = handshake::check(&req) {

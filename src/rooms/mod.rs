@@ -22,10 +22,10 @@ use crate::ids::{NodeId, RoomId};
 use crate::metrics as m;
 use crate::protocol::CloseReason;
 use crate::protocol::encode::Reply;
-use crate::socket::frame;
-use crate::socket::outbox::{Frame, FrameKind};
 use crate::routing::hash::shard_of;
 use crate::routing::{Action, Input, PeerMsg, Router, RouterConfig, RouterStats};
+use crate::socket::frame;
+use crate::socket::outbox::{Frame, FrameKind};
 
 /// Where a shard sends messages for other nodes (the internode layer; nothing on one node).
 pub trait PeerSink: Send + Sync + 'static {
@@ -89,7 +89,13 @@ impl Shards {
                 owned: owned.clone(),
                 unconfirmed: unconfirmed.clone(),
             };
-            rt.spawn(run_shard(router, rx, peers.clone(), workers.clone(), gauges));
+            rt.spawn(run_shard(
+                router,
+                rx,
+                peers.clone(),
+                workers.clone(),
+                gauges,
+            ));
             txs.push(tx);
         }
         Shards {

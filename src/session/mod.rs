@@ -29,14 +29,14 @@ use crate::ids::{ConnId, ConnName, RoomId};
 use crate::metrics as m;
 use crate::node::NodeContext;
 use crate::protocol::CloseReason;
-use crate::socket::frame;
-use crate::socket::outbox::{self, Frame, FrameKind, Outbox};
-use crate::socket::reader::{Message as WsMessage, ReadError, Reader};
-use crate::socket::writer;
 use crate::protocol::encode::{self, Reply};
 use crate::protocol::{ErrorCode, Op, ParseLimits, ReqId, parse_request};
 use crate::rooms::Shards;
 use crate::routing::Input;
+use crate::socket::frame;
+use crate::socket::outbox::{self, Frame, FrameKind, Outbox};
+use crate::socket::reader::{Message as WsMessage, ReadError, Reader};
+use crate::socket::writer;
 
 /// A token bucket: `rate` tokens per second up to `burst`.
 #[derive(Debug)]

@@ -51,9 +51,7 @@ pub fn check(req: &Request) -> Result<(), HandshakeError> {
 /// stream and the bytes already read past the request.
 pub async fn accept(req: &Request, mut framed: Upgrading) -> io::Result<(TcpStream, BytesMut)> {
     let res = ws::handshake_response(req.head()).finish().drop_body();
-    framed
-        .send(Message::Item((res, BodySize::None)))
-        .await?;
+    framed.send(Message::Item((res, BodySize::None))).await?;
     let parts = framed.into_parts();
     // `send` flushed the 101: nothing of the HTTP layer is left to write.
     debug_assert!(parts.write_buf.is_empty());

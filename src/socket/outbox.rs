@@ -17,8 +17,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use crossbeam_queue::SegQueue;
 use futures_util::task::AtomicWaker;
+use std::collections::VecDeque;
+use std::sync::Mutex;
 
 use super::frame;
 use crate::metrics as m;
@@ -63,7 +64,11 @@ pub enum PushError {
 struct Shared {
     /// The frames, in push order. Lock-free: producers (room shards, the actor) never block
     /// each other or the writer.
-    queue: SegQueue<Frame>,
+    /// A plain locked queue: producers and the writer are almost always on the same worker
+    /// thread (uncontended), the writer takes everything queued under one lock, and an empty
+    /// queue holds no memory (the writer swaps the buffer out), which matters for idle
+    /// connections.
+    queue: Mutex<VecDeque<Frame>>,
     /// Frames and bytes queued, packed in one word so a push or pop is one atomic operation:
     /// count in the high 24 bits, bytes in the low 40.
     load: AtomicU64,
@@ -85,8 +90,12 @@ impl Shared {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Frame>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn pop(&self) -> Option<Frame> {
-        let f = self.queue.pop()?;
+        let f = self.lock().pop_front()?;
         self.load.fetch_sub(pack(1, f.cost()), Ordering::AcqRel);
         Some(f)
     }
@@ -99,7 +108,7 @@ impl Shared {
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.waker.register(cx.waker());
         self.parked.store(true, Ordering::SeqCst);
-        if !self.queue.is_empty() || self.is_closing() {
+        if !self.lock().is_empty() || self.is_closing() {
             self.parked.store(false, Ordering::SeqCst);
             Poll::Ready(())
         } else {
@@ -139,6 +148,32 @@ impl OutboxReceiver {
         self.shared.pop()
     }
 
+    /// Takes up to `max` queued frames, oldest first, under one lock, and passes each to `f`.
+    pub fn take(&self, max: usize, mut f: impl FnMut(Frame)) {
+        let sh = &*self.shared;
+        let (n, bytes) = {
+            let mut q = sh.lock();
+            let n = q.len().min(max);
+            let mut bytes = 0;
+            if n == q.len() {
+                // All of it: swap the buffer out, so an idle connection keeps no queue memory.
+                for fr in std::mem::take(&mut *q) {
+                    bytes += fr.cost();
+                    f(fr);
+                }
+            } else {
+                for fr in q.drain(..n) {
+                    bytes += fr.cost();
+                    f(fr);
+                }
+            }
+            (n, bytes)
+        };
+        if n > 0 {
+            sh.load.fetch_sub(pack(n, bytes), Ordering::AcqRel);
+        }
+    }
+
     /// The reason the connection is closing, if it is.
     pub fn closing(&self) -> Option<CloseReason> {
         CloseReason::from_u8(self.shared.close.load(Ordering::Acquire))
@@ -170,7 +205,7 @@ impl OutboxReceiver {
 /// Creates an outbox bounded by `max_messages` and `max_bytes`.
 pub fn outbox(max_messages: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
     let shared = Arc::new(Shared {
-        queue: SegQueue::new(),
+        queue: Mutex::new(VecDeque::new()),
         load: AtomicU64::new(0),
         max_messages: max_messages.clamp(1, MAX_COUNT),
         max_bytes: max_bytes.min(MAX_BYTES),
@@ -202,7 +237,7 @@ impl Outbox {
             self.overflow();
             return Err(PushError::Overflow);
         }
-        sh.queue.push(frame);
+        sh.lock().push_back(frame);
         sh.wake();
         Ok(())
     }

@@ -252,12 +252,20 @@ mod tests {
     #[test]
     fn fragments_join_with_control_frames_between() {
         let mut a = Assembler::new(100);
-        assert_eq!(a.push(Frame::Continuation(Item::FirstText(text("he")))).unwrap(), None);
+        assert_eq!(
+            a.push(Frame::Continuation(Item::FirstText(text("he"))))
+                .unwrap(),
+            None
+        );
         assert_eq!(
             a.push(Frame::Ping(text("p"))).unwrap(),
             Some(Message::Ping(text("p")))
         );
-        assert_eq!(a.push(Frame::Continuation(Item::Continue(text("ll")))).unwrap(), None);
+        assert_eq!(
+            a.push(Frame::Continuation(Item::Continue(text("ll"))))
+                .unwrap(),
+            None
+        );
         assert_eq!(
             a.push(Frame::Continuation(Item::Last(text("o")))).unwrap(),
             Some(Message::Text("hello".into()))
@@ -267,7 +275,8 @@ mod tests {
     #[test]
     fn joined_size_is_bounded() {
         let mut a = Assembler::new(4);
-        a.push(Frame::Continuation(Item::FirstText(text("abc")))).unwrap();
+        a.push(Frame::Continuation(Item::FirstText(text("abc"))))
+            .unwrap();
         assert!(matches!(
             a.push(Frame::Continuation(Item::Last(text("de")))),
             Err(ReadError::TooBig(4))
@@ -278,13 +287,22 @@ mod tests {
     fn invalid_utf8_is_its_own_error_whole_or_fragmented() {
         let mut a = Assembler::new(100);
         let bad = Bytes::from_static(&[0x61, 0xff, 0x62]);
-        assert!(matches!(a.push(Frame::Text(bad.clone())), Err(ReadError::InvalidUtf8)));
+        assert!(matches!(
+            a.push(Frame::Text(bad.clone())),
+            Err(ReadError::InvalidUtf8)
+        ));
         let mut a = Assembler::new(100);
         // A code point split across fragments is fine; only the whole message counts.
         let e = "é".as_bytes();
-        a.push(Frame::Continuation(Item::FirstText(Bytes::copy_from_slice(&e[..1])))).unwrap();
+        a.push(Frame::Continuation(Item::FirstText(
+            Bytes::copy_from_slice(&e[..1]),
+        )))
+        .unwrap();
         assert_eq!(
-            a.push(Frame::Continuation(Item::Last(Bytes::copy_from_slice(&e[1..])))).unwrap(),
+            a.push(Frame::Continuation(Item::Last(Bytes::copy_from_slice(
+                &e[1..]
+            ))))
+            .unwrap(),
             Some(Message::Text("é".into()))
         );
         a.push(Frame::Continuation(Item::FirstText(bad))).unwrap();
@@ -302,8 +320,12 @@ mod tests {
             Err(ReadError::Protocol(_))
         ));
         let mut a = Assembler::new(100);
-        a.push(Frame::Continuation(Item::FirstText(text("x")))).unwrap();
-        assert!(matches!(a.push(Frame::Text(text("y"))), Err(ReadError::Protocol(_))));
+        a.push(Frame::Continuation(Item::FirstText(text("x"))))
+            .unwrap();
+        assert!(matches!(
+            a.push(Frame::Text(text("y"))),
+            Err(ReadError::Protocol(_))
+        ));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use super::outbox::{FrameKind, OutboxReceiver};
 use crate::metrics as m;
 use crate::protocol::CloseReason;
 
+const CORK: bool = true;
 /// Frames taken from the outbox per round at most (a bound on the writer's own list).
 pub const MAX_PENDING: usize = 1024;
 /// Slices per `writev` at most (Linux allows 1024; 64 already carries ~16 KiB of small frames).
@@ -101,6 +102,10 @@ impl Pending {
                 }
             }
         }
+        // Everything written: an idle connection keeps no buffer.
+        if self.frames.capacity() > 0 {
+            self.frames = VecDeque::new();
+        }
         Ok(true)
     }
 
@@ -121,18 +126,19 @@ impl Counting {
     fn take(&mut self, rx: &OutboxReceiver, p: &mut Pending) {
         let now = crate::now_us();
         let mut events = 0u64;
-        while p.frames.len() < MAX_PENDING {
-            let Some(f) = rx.pop() else { break };
+        let room = MAX_PENDING.saturating_sub(p.frames.len());
+        let lat = &mut self.lat;
+        rx.take(room, |f| {
             match f.kind {
                 FrameKind::Event { accepted_us } => {
                     events += 1;
-                    self.lat.add(now.saturating_sub(accepted_us));
+                    lat.add(now.saturating_sub(accepted_us));
                 }
                 FrameKind::Replay => events += 1,
                 FrameKind::Control => {}
             }
             p.frames.push_back(f.bytes);
-        }
+        });
         if events > 0 {
             self.delivered.increment(events);
         }
@@ -172,6 +178,9 @@ pub async fn run<T: Transport>(
         if p.is_empty() {
             rounds = 0;
             std::future::poll_fn(|cx| rx.poll_ready(cx)).await;
+            if CORK {
+                tokio::task::yield_now().await;
+            }
             continue;
         }
         match p.write_some(&mut t) {
@@ -243,7 +252,10 @@ async fn flush<T: Transport>(t: &mut T, p: &mut Pending, grace: Duration) -> boo
             match p.write_some(t) {
                 Ok(true) => return true,
                 Ok(false) => {
-                    if std::future::poll_fn(|cx| t.poll_writable(cx)).await.is_err() {
+                    if std::future::poll_fn(|cx| t.poll_writable(cx))
+                        .await
+                        .is_err()
+                    {
                         return false;
                     }
                 }
@@ -358,7 +370,11 @@ mod tests {
             out.push(match f {
                 F::Text(t) => (1, t.to_vec()),
                 F::Ping(p) => (9, p.to_vec()),
-                F::Close(r) => (8, r.map(|r| u16::from(r.code).to_be_bytes().to_vec()).unwrap_or_default()),
+                F::Close(r) => (
+                    8,
+                    r.map(|r| u16::from(r.code).to_be_bytes().to_vec())
+                        .unwrap_or_default(),
+                ),
                 f => panic!("{f:?}"),
             });
         }
@@ -389,10 +405,18 @@ mod tests {
         let s = mem.state();
         let got = texts(&s.written);
         assert_eq!(got, (0..500).map(|i| format!("m{i}")).collect::<Vec<_>>());
-        assert!(s.calls <= 500 / MAX_IOV + 2, "{} writes for 500 frames", s.calls);
+        assert!(
+            s.calls <= 500 / MAX_IOV + 2,
+            "{} writes for 500 frames",
+            s.calls
+        );
         assert_eq!(s.max_slices, MAX_IOV);
         assert!(s.shut, "the write side is shut down after the close frame");
-        assert_eq!(frames(&s.written).last().unwrap().0, 8, "the close frame is last");
+        assert_eq!(
+            frames(&s.written).last().unwrap().0,
+            8,
+            "the close frame is last"
+        );
     }
 
     #[tokio::test]
@@ -400,7 +424,9 @@ mod tests {
         // 7 bytes per call: every frame is split across calls, often mid-header.
         let mem = Mem::new(7);
         let (o, rx) = outbox(10_000, 1 << 24);
-        let msgs: Vec<String> = (0..200).map(|i| "x".repeat(i % 300 + 1) + &i.to_string()).collect();
+        let msgs: Vec<String> = (0..200)
+            .map(|i| "x".repeat(i % 300 + 1) + &i.to_string())
+            .collect();
         for m in &msgs {
             push_text(&o, m);
         }
@@ -450,10 +476,16 @@ mod tests {
         // Closing while frames are popped and blocked: none of them may be lost.
         o.close(CloseReason::Draining);
         mem.set_blocked(false);
-        assert_eq!(task.await.unwrap(), WriterEnd::Closed(CloseReason::Draining));
+        assert_eq!(
+            task.await.unwrap(),
+            WriterEnd::Closed(CloseReason::Draining)
+        );
         let s = mem.state();
         let all = frames(&s.written);
-        assert_eq!(texts(&s.written), (0..50).map(|i| format!("e{i}")).collect::<Vec<_>>());
+        assert_eq!(
+            texts(&s.written),
+            (0..50).map(|i| format!("e{i}")).collect::<Vec<_>>()
+        );
         assert_eq!(all.last().unwrap(), &(8, 1001u16.to_be_bytes().to_vec()));
     }
 
@@ -485,10 +517,17 @@ mod tests {
             Err(PushError::Overflow)
         );
         mem.set_blocked(false);
-        assert_eq!(task.await.unwrap(), WriterEnd::Closed(CloseReason::SlowConsumer));
+        assert_eq!(
+            task.await.unwrap(),
+            WriterEnd::Closed(CloseReason::SlowConsumer)
+        );
         let s = mem.state();
         let all = frames(&s.written);
-        assert_eq!(all[0], (1, vec![b'a'; 40]), "the half-written frame is completed");
+        assert_eq!(
+            all[0],
+            (1, vec![b'a'; 40]),
+            "the half-written frame is completed"
+        );
         assert_eq!(all.last().unwrap(), &(8, 1013u16.to_be_bytes().to_vec()));
     }
 

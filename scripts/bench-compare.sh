@@ -35,6 +35,7 @@ start() { # bin port cluster-port
   "$1" serve --node-id "cmp$2" --listen "127.0.0.1:$2" --cluster-listen "127.0.0.1:$3" \
     --publish-rate 0 --log-level warn >/dev/null 2>&1 &
   started+=($!)
+  eval "pid_$2=$!"
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0; sleep 0.05; done
   return 1
 }
@@ -55,9 +56,11 @@ for s in $scenarios; do
     for side in old new; do
       port=23081
       [ "$side" = new ] && port=23082
+      pid=$(eval "echo \$pid_$port")
       # shellcheck disable=SC2046
       "$new" bench --json --quiet --url "ws://127.0.0.1:$port/ws" $(args_for "$s") \
-        --duration "$duration" --warmup 2s >"$out/$s-$side-$r.json" 2>/dev/null || true
+        --duration "$duration" --warmup 2s --rss-pid "$pid" --room-prefix "cmp$r" \
+        >"$out/$s-$side-$r.json" 2>/dev/null || true
     done
   done
 done
@@ -79,6 +82,7 @@ print(f"| scenario | metric | before ({rev}) | after | after/before |")
 print("|---|---|---:|---:|---:|")
 for s in scen:
     for name, f in (("deliveries/s", lambda r: r["deliveries_per_s"]),
+                    ("deliveries per server core-s", lambda r: r["deliveries_per_server_cpu_s"]),
                     ("p99 latency ms", lambda r: r["latency"]["p99_us"] / 1000)):
         a, b = med(s, "old", f), med(s, "new", f)
         ratio = f"{b / a:.2f}x" if a and b else "—"

@@ -1,7 +1,9 @@
 //! The connection's writer: drains the outbox into the socket with vectored writes.
 //!
-//! One task per connection, on the connection's worker thread. When woken it takes every frame
-//! queued (up to [`MAX_PENDING`]), writes them with `writev` — many frames per system call, the
+//! One task per connection, on the connection's worker thread. When woken it first yields one
+//! scheduler turn (the "cork": frames that other tasks on this thread queue meanwhile join the
+//! same write; no timer, so an idle node adds no latency), then takes every frame queued (up to
+//! [`MAX_PENDING`]), writes them with `writev` — many frames per system call, the
 //! shared event frames passed as they are, no copy — and loops until the queue is empty or the
 //! socket would block; only then does it wait (for the socket to be writable, or for more
 //! frames). A partial write keeps its place: the frames taken from the outbox stay in the
@@ -28,7 +30,6 @@ use super::outbox::{FrameKind, OutboxReceiver};
 use crate::metrics as m;
 use crate::protocol::CloseReason;
 
-const CORK: bool = true;
 /// Frames taken from the outbox per round at most (a bound on the writer's own list).
 pub const MAX_PENDING: usize = 1024;
 /// Slices per `writev` at most (Linux allows 1024; 64 already carries ~16 KiB of small frames).
@@ -178,9 +179,9 @@ pub async fn run<T: Transport>(
         if p.is_empty() {
             rounds = 0;
             std::future::poll_fn(|cx| rx.poll_ready(cx)).await;
-            if CORK {
-                tokio::task::yield_now().await;
-            }
+            // The cork: one scheduler turn, so frames queued meanwhile (more delivery batches,
+            // replies) join this write. No timer: an idle node adds no latency.
+            tokio::task::yield_now().await;
             continue;
         }
         match p.write_some(&mut t) {

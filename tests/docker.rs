@@ -63,19 +63,21 @@ struct Compose {
     prometheus: u16,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free loopback ports. The listeners are held until all are chosen: released one
+/// by one, the kernel may hand the same port out twice (it did: two services of one project
+/// were given the same host port, and compose failed with "port is already allocated").
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 impl Compose {
     fn up() -> Compose {
         let project = format!("rctest{}", std::process::id());
-        let (lb, prometheus) = (free_port(), free_port());
-        let nodes = [free_port(), free_port(), free_port()];
+        let [lb, prometheus, n1, n2, n3] = free_ports::<5>();
+        let nodes = [n1, n2, n3];
         let env = vec![
             ("RC_LB_PORT".to_string(), lb.to_string()),
             ("RC_NODE1_PORT".to_string(), nodes[0].to_string()),

@@ -139,20 +139,9 @@ impl Sim {
 
     /// Delivers everything, link by link in round robin, until quiet.
     fn settle(&mut self) {
-        loop {
-            let keys: Vec<(NodeId, NodeId)> = self
-                .links
-                .iter()
-                .filter(|(_, q)| !q.is_empty())
-                .map(|(k, _)| k.clone())
-                .collect();
-            if keys.is_empty() {
-                return;
-            }
-            for (f, t) in keys {
-                self.pump_one(f.as_str(), t.as_str());
-            }
-        }
+        // Unbounded: only `settle_bounded` callers look for livelocks.
+        let settled = self.settle_bounded(usize::MAX);
+        debug_assert!(settled);
     }
 
     /// Like `settle`, but gives up after `max` deliveries (false): a livelock, messages

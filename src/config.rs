@@ -90,6 +90,9 @@ pub struct Config {
     pub history_max_age: Duration,
     /// History kept per room, in bytes of encoded events.
     pub history_max_bytes: usize,
+    /// Copies of each room kept on other nodes besides its owner (the next members in the
+    /// room's rendezvous order); a message is acknowledged once every copy holds it.
+    pub room_replicas: usize,
     /// WebSocket ping interval (also announced to clients as `heartbeat_ms`).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -140,6 +143,7 @@ impl Default for Config {
             history_max_messages: 1_000,
             history_max_age: Duration::from_secs(600),
             history_max_bytes: 8 * 1024 * 1024,
+            room_replicas: 1,
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_max_missed: 2,
             request_timeout: Duration::from_secs(5),
@@ -327,6 +331,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history_max_bytes: Option<usize>,
+    /// Copies of each room on other nodes besides its owner, 0-4 [default: 1].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_replicas: Option<usize>,
     /// WebSocket ping interval [default: 15s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(
@@ -464,6 +472,9 @@ impl Config {
             if v == 0 {
                 return Err(invalid(name, "must be greater than 0"));
             }
+        }
+        if self.room_replicas > 4 {
+            return Err(invalid("room_replicas", "must be 0 to 4"));
         }
         if self.max_data_bytes >= self.max_frame_bytes {
             return Err(invalid(

@@ -34,6 +34,10 @@ pub const OWNER_CHANGES: &str = "roomcast_room_owner_changes_total";
 pub const FRESH_EPOCHS: &str = "roomcast_room_epochs_started_total";
 pub const HANDOFFS: &str = "roomcast_handoffs_total";
 pub const REQUEST_RETRIES: &str = "roomcast_request_retries_total";
+pub const REPLICATION: &str = "roomcast_replication_total";
+pub const DUPLICATE_PUBLISHES: &str = "roomcast_publish_duplicates_total";
+pub const UNDER_REPLICATED: &str = "roomcast_rooms_under_replicated";
+pub const REPLICA_COPIES: &str = "roomcast_room_replica_copies";
 pub const CLUSTER_MEMBERS: &str = "roomcast_cluster_members";
 pub const INTERNODE_MESSAGES: &str = "roomcast_internode_messages_total";
 pub const INTERNODE_BYTES: &str = "roomcast_internode_bytes_total";
@@ -116,6 +120,24 @@ fn describe() {
     describe_counter!(
         REQUEST_RETRIES,
         "Requests re-sent because the node asked was no longer the room's owner"
+    );
+    describe_counter!(
+        REPLICATION,
+        "Replication events, by event (sync: a room sent whole to a replica; promotion: a replica \
+         took over a dead owner's room in its epoch; conflict: replication refused while views \
+         disagreed)"
+    );
+    describe_counter!(
+        DUPLICATE_PUBLISHES,
+        "Publishes answered with the seq of an earlier publish with the same key"
+    );
+    describe_gauge!(
+        UNDER_REPLICATED,
+        "Rooms owned here with fewer synced replicas than room_replicas"
+    );
+    describe_gauge!(
+        REPLICA_COPIES,
+        "Copies of other nodes' rooms held here as their replica"
     );
     describe_gauge!(
         CLUSTER_MEMBERS,
@@ -243,6 +265,11 @@ pub fn connections(delta: f64) {
 
 pub fn rooms(delta: f64) {
     metrics::gauge!(ROOMS).increment(delta);
+}
+
+/// Adds `delta` to gauge `name`.
+pub fn gauge_add(name: &'static str, delta: f64) {
+    metrics::gauge!(name).increment(delta);
 }
 
 pub fn add(name: &'static str, v: u64) {

@@ -90,6 +90,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             max_bytes: config.history_max_bytes,
         },
         request_timeout_us: config.request_timeout.as_micros() as u64,
+        replicas: config.room_replicas,
     };
     let node = core.block_on(async {
         let membership = Membership::start(

@@ -161,8 +161,9 @@ async fn a_hundred_rooms_spread_over_the_nodes() {
 }
 
 #[tokio::test]
-async fn killing_a_node_moves_its_rooms_to_a_new_epoch_and_the_rest_keeps_working() {
-    let mut c = Cluster::start(3, &["--publish-rate", "0"]).await;
+async fn unreplicated_killing_a_node_moves_its_rooms_to_a_new_epoch_and_the_rest_keeps_working() {
+    // `room_replicas = 0`: a dead owner's rooms start over (the documented trade-off).
+    let mut c = Cluster::start(3, &["--publish-rate", "0", "--room-replicas", "0"]).await;
     let ids = c.ids();
     let victim = 2;
     let room = c.room_owned_by(victim, &ids, "doomed");
@@ -209,6 +210,51 @@ async fn killing_a_node_moves_its_rooms_to_a_new_epoch_and_the_rest_keeps_workin
     c.nodes[0]
         .wait_metric("roomcast_room_owner_changes_total", |v| v >= 1.0)
         .await;
+}
+
+/// Issue 10: with the default one replica per room, a SIGKILLed owner's rooms continue on
+/// their replica in the same epoch: nothing acknowledged is lost, resumes are recovered.
+#[tokio::test]
+async fn killing_an_owner_continues_its_rooms_on_their_replicas_in_the_same_epoch() {
+    let mut c = Cluster::start(3, &["--publish-rate", "0"]).await;
+    let ids = c.ids();
+    let victim = 2;
+    let room = c.room_owned_by(victim, &ids, "replicated");
+    let mut s0 = c.nodes[0].connect().await;
+    let mut s1 = c.nodes[1].connect().await;
+    let j = s0.join(&room).await;
+    let epoch1 = j["epoch"].clone();
+    s1.join(&room).await;
+    let mut p = c.nodes[1].connect().await;
+    for i in 1..=5 {
+        assert_eq!(p.publish(&room, json!(i)).await, i);
+    }
+    assert_eq!(seqs(&s0.events(&room, 5).await), vec![1, 2, 3, 4, 5]);
+    assert_eq!(seqs(&s1.events(&room, 5).await), vec![1, 2, 3, 4, 5]);
+
+    c.nodes[victim].kill();
+    let survivors = vec![ids[0].clone(), ids[1].clone()];
+    Cluster::wait_live_set(&c.nodes[0], &survivors).await;
+    Cluster::wait_live_set(&c.nodes[1], &survivors).await;
+
+    // The room goes on at seq 6 in its epoch, for both subscribers, with no gap.
+    let seq = publish_eventually(&mut p, &room, json!("after")).await;
+    assert_eq!(seq, 6);
+    let e0 = s0.events(&room, 1).await;
+    let e1 = s1.events(&room, 1).await;
+    assert_eq!(e0, e1);
+    assert_eq!(e0[0]["data"], "after");
+    assert_eq!(e0[0]["epoch"], epoch1, "the same epoch");
+    // A resume from the epoch is recovered, on either node.
+    for n in 0..2 {
+        let mut late = c.nodes[n].connect().await;
+        let r = late
+            .request(json!({"op":"join","room":room,"since":3,"epoch":epoch1}))
+            .await;
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["recovered"], true, "{r}");
+        assert_eq!(seqs(&late.events(&room, 3).await), vec![4, 5, 6]);
+    }
 }
 
 #[tokio::test]
@@ -639,6 +685,7 @@ mod fake_peer {
             token: 1,
             from: serde_json::from_str("\"fake-peer/1\"").unwrap(),
             data: "{not json".into(),
+            key: None,
         };
         f.send(codec::encode(&Frame::Msg(msg)).unwrap())
             .await

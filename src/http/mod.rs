@@ -83,5 +83,16 @@ async fn cluster(node: web::Data<NodeContext>) -> HttpResponse {
             })
         })
         .collect();
-    HttpResponse::Ok().json(json!({ "self": node.node_id.as_str(), "members": members }))
+    HttpResponse::Ok().json(json!({
+        "self": node.node_id.as_str(),
+        "members": members,
+        // This node's rooms: owned, and owned with fewer synced replicas than
+        // `room_replicas` (as of the shards' last tick).
+        "rooms": {
+            "owned": node.shards.owned_rooms(),
+            "under_replicated": node.shards.under_replicated(),
+            "replica_copies": node.shards.replica_copies(),
+            "room_replicas": node.config.room_replicas,
+        },
+    }))
 }

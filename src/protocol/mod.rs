@@ -97,10 +97,12 @@ pub enum Op<'a> {
     Leave {
         room: RoomId,
     },
-    /// Publish `data` (raw JSON text) to a room.
+    /// Publish `data` (raw JSON text) to a room. `key`: an idempotency key — a retry with the
+    /// same key gets the original seq instead of a second message.
     Publish {
         room: RoomId,
         data: &'a str,
+        key: Option<String>,
     },
     History {
         room: RoomId,
@@ -158,6 +160,8 @@ struct RawRequest<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    key: Option<&'a RawValue>,
 }
 
 /// `Some(raw)` for a present field, even when its value is `null` (plain `Option` would turn a
@@ -226,7 +230,8 @@ pub fn parse_request<'a>(text: &'a str, limits: ParseLimits) -> Result<Request<'
                     ),
                 });
             }
-            Op::Publish { room, data }
+            let key = publish_key(&id, raw.key)?;
+            Op::Publish { room, data, key }
         }
         "history" => Op::History {
             room: room(&id, raw.room)?,
@@ -249,6 +254,25 @@ pub fn parse_request<'a>(text: &'a str, limits: ParseLimits) -> Result<Request<'
         }
     };
     Ok(Request { id, op })
+}
+
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 128;
+
+fn publish_key(id: &ReqId, raw: Option<&RawValue>) -> Result<Option<String>, RequestError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    let key: String = serde_json::from_str(raw.get())
+        .map_err(|_| RequestError::bad(id, "field \"key\" must be a string"))?;
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(RequestError::bad(
+            id,
+            format!("field \"key\" must be 1 to {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    Ok(Some(key))
 }
 
 fn room(id: &ReqId, raw: Option<&RawValue>) -> Result<RoomId, RequestError> {
@@ -318,7 +342,8 @@ mod tests {
             r.op,
             Op::Publish {
                 room: RoomId::new("a").unwrap(),
-                data: r#"{"k":[1,2]}"#
+                data: r#"{"k":[1,2]}"#,
+                key: None,
             }
         );
         let r = parse_request(r#"{"op":"publish","room":"a","data":null}"#, L).unwrap();

@@ -65,6 +65,10 @@ pub struct Shards {
     owned: Arc<[AtomicUsize]>,
     /// Handoffs each shard made that their receiver has not confirmed (drain waits for zero).
     unconfirmed: Arc<[AtomicUsize]>,
+    /// Owned rooms each shard has with fewer synced replicas than configured (last tick).
+    under: Arc<[AtomicUsize]>,
+    /// Replica copies each shard holds (last tick).
+    copies: Arc<[AtomicUsize]>,
     rt: tokio::runtime::Handle,
 }
 
@@ -81,6 +85,8 @@ impl Shards {
         let mut txs = Vec::with_capacity(n);
         let owned: Arc<[AtomicUsize]> = (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect();
         let unconfirmed: Arc<[AtomicUsize]> = (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect();
+        let under: Arc<[AtomicUsize]> = (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect();
+        let copies: Arc<[AtomicUsize]> = (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect();
         for i in 0..n.max(1) {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
             let router = Router::new(me.clone(), cfg);
@@ -88,6 +94,8 @@ impl Shards {
                 idx: i,
                 owned: owned.clone(),
                 unconfirmed: unconfirmed.clone(),
+                under: under.clone(),
+                copies: copies.clone(),
             };
             rt.spawn(run_shard(
                 router,
@@ -102,6 +110,8 @@ impl Shards {
             txs: txs.into(),
             owned,
             unconfirmed,
+            under,
+            copies,
             rt: rt.clone(),
         }
     }
@@ -113,6 +123,16 @@ impl Shards {
     /// Rooms this node owns now (summed over shards).
     pub fn owned_rooms(&self) -> usize {
         self.owned.iter().map(|a| a.load(Ordering::Acquire)).sum()
+    }
+
+    /// Owned rooms with fewer synced replicas than configured (as of the last tick).
+    pub fn under_replicated(&self) -> usize {
+        self.under.iter().map(|a| a.load(Ordering::Acquire)).sum()
+    }
+
+    /// Copies of other nodes' rooms held here (as of the last tick).
+    pub fn replica_copies(&self) -> usize {
+        self.copies.iter().map(|a| a.load(Ordering::Acquire)).sum()
     }
 
     /// Handoffs of this node not yet confirmed by their new owners (summed over shards).
@@ -223,6 +243,8 @@ struct Gauges {
     idx: usize,
     owned: Arc<[AtomicUsize]>,
     unconfirmed: Arc<[AtomicUsize]>,
+    under: Arc<[AtomicUsize]>,
+    copies: Arc<[AtomicUsize]>,
 }
 
 async fn run_shard(
@@ -254,6 +276,8 @@ async fn run_shard(
             _ = tick.tick() => {
                 step(&mut router, Input::Tick, &mut out, &mut batch, &*peers);
                 reported.export(&router);
+                gauges.under[idx].store(reported.under, Ordering::Release);
+                gauges.copies[idx].store(reported.copies, Ordering::Release);
             }
         }
         // Everything this step batch produced for local connections, one handoff per worker.
@@ -350,6 +374,8 @@ fn step(
 #[derive(Default)]
 struct Reported {
     rooms: usize,
+    under: usize,
+    copies: usize,
     stats: RouterStats,
 }
 
@@ -359,6 +385,16 @@ impl Reported {
         if rooms != self.rooms {
             m::rooms(rooms as f64 - self.rooms as f64);
             self.rooms = rooms;
+        }
+        let under = router.under_replicated();
+        if under != self.under {
+            m::gauge_add(m::UNDER_REPLICATED, under as f64 - self.under as f64);
+            self.under = under;
+        }
+        let copies = router.replica_copies();
+        if copies != self.copies {
+            m::gauge_add(m::REPLICA_COPIES, copies as f64 - self.copies as f64);
+            self.copies = copies;
         }
         let s = router.stats();
         m::add(m::FEED_GAPS, s.gaps - self.stats.gaps);
@@ -379,6 +415,17 @@ impl Reported {
             m::add_labeled(m::HANDOFFS, event, n - b);
         }
         m::add(m::REQUEST_RETRIES, s.retries - self.stats.retries);
+        for (event, n, b) in [
+            ("sync", now.replica_syncs, before.replica_syncs),
+            ("promotion", now.promotions, before.promotions),
+            ("conflict", now.replica_conflicts, before.replica_conflicts),
+        ] {
+            m::add_labeled(m::REPLICATION, event, n - b);
+        }
+        m::add(
+            m::DUPLICATE_PUBLISHES,
+            s.duplicate_publishes - self.stats.duplicate_publishes,
+        );
         self.stats = s;
     }
 }

@@ -74,6 +74,16 @@ impl History {
         self.entries.into()
     }
 
+    /// A copy of every entry, oldest first (to send a replica the room).
+    pub fn to_vec(&self) -> Vec<HistEntry> {
+        self.entries.iter().cloned().collect()
+    }
+
+    /// The entries after `seq`, oldest first.
+    pub fn after(&self, seq: u64) -> impl Iterator<Item = &HistEntry> {
+        self.entries.iter().filter(move |e| e.seq > seq)
+    }
+
     /// Drops entries older than the age limit.
     pub fn expire(&mut self, now_us: u64, limits: &HistoryLimits) {
         let cutoff = now_us.saturating_sub(limits.max_age_ms.saturating_mul(1000));
@@ -82,8 +92,9 @@ impl History {
         }
     }
 
-    /// Entries after `since`, at most `limit` of them (the oldest ones), given that the room's
-    /// last seq is `last_seq`.
+    /// Entries after `since` up to `last_seq`, at most `limit` of them (the oldest ones), given
+    /// that the room's last seq that may be read is `last_seq` (later entries are sequenced
+    /// but not committed yet, and are not shown).
     pub fn since(&self, since: u64, last_seq: u64, limit: usize) -> Slice {
         if since >= last_seq {
             // Nothing newer. A `since` beyond the last seq means the caller followed another
@@ -109,6 +120,7 @@ impl History {
             .entries
             .iter()
             .skip(start)
+            .take_while(|e| e.seq <= last_seq)
             .take(limit)
             .cloned()
             .collect();

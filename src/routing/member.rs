@@ -89,18 +89,26 @@ pub(super) struct PendingReq<H> {
 
 /// What a waiting request asks, kept so that it can be re-sent.
 enum ReqKind {
-    Publish { from: ConnName, data: ByteString },
-    History { since: u64, limit: u64 },
+    Publish {
+        from: ConnName,
+        data: ByteString,
+        key: Option<ByteString>,
+    },
+    History {
+        since: u64,
+        limit: u64,
+    },
 }
 
 impl ReqKind {
     fn to_msg(&self, room: &RoomId, token: u64) -> PeerMsg {
         match self {
-            ReqKind::Publish { from, data } => PeerMsg::Publish {
+            ReqKind::Publish { from, data, key } => PeerMsg::Publish {
                 room: room.clone(),
                 token,
                 from: from.clone(),
                 data: data.clone(),
+                key: key.clone(),
             },
             ReqKind::History { since, limit } => PeerMsg::HistoryReq {
                 room: room.clone(),
@@ -286,18 +294,21 @@ impl<H: Clone> Router<H> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn publish(
         &mut self,
         handle: H,
         from: ConnName,
         room: RoomId,
         data: String,
+        key: Option<String>,
         req: ReqId,
         out: &mut Vec<Action<H>>,
     ) {
         let kind = ReqKind::Publish {
             from,
             data: ByteString::from(data),
+            key: key.map(ByteString::from),
         };
         self.request(handle, room, req, kind, out);
     }

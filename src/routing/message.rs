@@ -34,6 +34,54 @@ pub struct RoomState {
     pub history: Vec<HistEntry>,
     /// Nodes that had registered interest with the previous owner.
     pub interested: Vec<NodeId>,
+    /// The highest seq every replica held (committed: delivered and acknowledged). Entries
+    /// after it are sequenced but not yet committed; the receiver commits them before it
+    /// serves a read.
+    pub committed: u64,
+    /// Recent idempotency keys of publishes, oldest first, with the seq each got.
+    pub keys: Vec<(ByteString, u64)>,
+    /// Publishers waiting for the commit of an uncommitted seq: `(seq, node, token)`.
+    pub waiters: Vec<(u64, NodeId, u64)>,
+}
+
+/// Owner → replica: one sequenced message, appended to the replica's copy of the room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replicate {
+    pub room: RoomId,
+    pub epoch: Epoch,
+    pub seq: u64,
+    pub accepted_us: u64,
+    pub frame: ByteString,
+    /// The publish's idempotency key, remembered with the copy.
+    pub key: Option<ByteString>,
+    /// The owner's commit point when it sent this (the replica's copy knows which of its
+    /// entries were delivered if it is promoted).
+    pub committed: u64,
+}
+
+/// Owner → replica: the whole room, replacing whatever copy the replica had (a new replica, or
+/// one that could not apply a `Replicate`). `state.interested` and `state.waiters` are empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaSync {
+    pub room: RoomId,
+    pub state: RoomState,
+}
+
+/// Replica → owner: the replica's copy holds everything up to `seq` of `epoch` (`ok`), or it
+/// could not apply a `Replicate` (`!ok`: no copy, another epoch or owner, or a gap) and needs
+/// a `ReplicaSync`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaAck {
+    pub room: RoomId,
+    pub epoch: Epoch,
+    pub seq: u64,
+    pub ok: bool,
+}
+
+/// Owner → replica: forget your copy (the room was dropped, or you are no longer its replica).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaDrop {
+    pub room: RoomId,
 }
 
 /// One member ↔ owner (or owner ↔ owner) message.
@@ -51,7 +99,9 @@ pub enum PeerMsg {
         epoch: Option<Epoch>,
     },
     /// Withdraw interest in `room`.
-    Unsubscribe { room: RoomId },
+    Unsubscribe {
+        room: RoomId,
+    },
     /// Sequence `data` (raw JSON) into `room`. (`ByteString`: a member keeps a copy to re-send
     /// the publish if the owner refuses it while the room moves; cloning it is a refcount.)
     Publish {
@@ -59,6 +109,9 @@ pub enum PeerMsg {
         token: u64,
         from: ConnName,
         data: ByteString,
+        /// The client's idempotency key: a publish whose key the room has seen is answered
+        /// with the original seq instead of being sequenced again.
+        key: Option<ByteString>,
     },
     /// Read history after `since`, at most `limit` messages.
     HistoryReq {
@@ -88,7 +141,11 @@ pub enum PeerMsg {
         frame: ByteString,
     },
     /// Reply to `Publish`: the assigned seq.
-    PublishAck { room: RoomId, token: u64, seq: u64 },
+    PublishAck {
+        room: RoomId,
+        token: u64,
+        seq: u64,
+    },
     /// Reply to `HistoryReq`.
     HistoryResp {
         room: RoomId,
@@ -110,7 +167,9 @@ pub enum PeerMsg {
 
     // ---- owner → owner ----
     /// A node about to own `room` asks a node that may have owned it for its state.
-    HandoffQuery { room: RoomId },
+    HandoffQuery {
+        room: RoomId,
+    },
     /// The state of `room` (`None`: the sender has none). Sent in answer to `HandoffQuery`, or
     /// unasked when the sender stops owning the room while alive (a node joined, or the
     /// sender is draining). The sender stops sequencing the room before it snapshots the state
@@ -130,7 +189,16 @@ pub enum PeerMsg {
     /// Answer to `HandoffQuery`: the sender handed the room's state to `to` and `to` has not
     /// confirmed it yet — ask `to` (again, until it has it) instead of concluding nobody has
     /// the room and opening a new epoch beside it.
-    HandoffMoving { room: RoomId, to: NodeId },
+    HandoffMoving {
+        room: RoomId,
+        to: NodeId,
+    },
+
+    // ---- owner ↔ replica ----
+    Replicate(Replicate),
+    ReplicaSync(ReplicaSync),
+    ReplicaAck(ReplicaAck),
+    ReplicaDrop(ReplicaDrop),
 }
 
 impl PeerMsg {
@@ -151,6 +219,10 @@ impl PeerMsg {
             | PeerMsg::Handoff { room, .. }
             | PeerMsg::HandoffAck { room, .. }
             | PeerMsg::HandoffMoving { room, .. } => room,
+            PeerMsg::Replicate(m) => &m.room,
+            PeerMsg::ReplicaSync(m) => &m.room,
+            PeerMsg::ReplicaAck(m) => &m.room,
+            PeerMsg::ReplicaDrop(m) => &m.room,
         }
     }
 
@@ -158,12 +230,23 @@ impl PeerMsg {
     pub fn approx_size(&self) -> usize {
         let hist = |h: &Vec<HistEntry>| h.iter().map(|e| e.frame.len() + 24).sum::<usize>();
         64 + match self {
-            PeerMsg::Publish { data, .. } => data.len(),
+            PeerMsg::Publish { data, key, .. } => data.len() + key.as_ref().map_or(0, |k| k.len()),
             PeerMsg::Event { frame, .. } => frame.len(),
+            PeerMsg::Replicate(m) => m.frame.len() + m.key.as_ref().map_or(0, |k| k.len()),
+            PeerMsg::ReplicaSync(m) => {
+                hist(&m.state.history)
+                    + m.state
+                        .keys
+                        .iter()
+                        .map(|(k, _)| k.len() + 16)
+                        .sum::<usize>()
+            }
             PeerMsg::SubscribeAck { history, .. } | PeerMsg::HistoryResp { history, .. } => {
                 hist(history)
             }
-            PeerMsg::Handoff { state: Some(s), .. } => hist(&s.history),
+            PeerMsg::Handoff { state: Some(s), .. } => {
+                hist(&s.history) + s.keys.iter().map(|(k, _)| k.len() + 16).sum::<usize>()
+            }
             _ => 0,
         }
     }
@@ -184,6 +267,10 @@ impl PeerMsg {
             PeerMsg::Handoff { .. } => "handoff",
             PeerMsg::HandoffAck { .. } => "handoff_ack",
             PeerMsg::HandoffMoving { .. } => "handoff_moving",
+            PeerMsg::Replicate(_) => "replicate",
+            PeerMsg::ReplicaSync(_) => "replica_sync",
+            PeerMsg::ReplicaAck(_) => "replica_ack",
+            PeerMsg::ReplicaDrop(_) => "replica_drop",
         }
     }
 }

@@ -34,10 +34,20 @@ pub mod history;
 mod member;
 pub mod message;
 mod owner;
+mod replica;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
+
+/// The hasher of the router's maps: randomly keyed in the product (room names come from
+/// clients), fixed in tests so that a randomised schedule replays exactly from its seed (the
+/// order in which a router walks its rooms decides the order of the messages it sends).
+#[cfg(not(test))]
+type MapHasher = std::collections::hash_map::RandomState;
+#[cfg(test)]
+type MapHasher = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+type Map<K, V> = HashMap<K, V, MapHasher>;
 use std::sync::Arc;
 
 use bytestring::ByteString;
@@ -46,10 +56,12 @@ use crate::ids::{ConnId, ConnName, Epoch, NodeId, RoomId};
 use crate::protocol::ReqId;
 use crate::protocol::encode::Reply;
 pub use history::{HistEntry, HistoryLimits};
-pub use message::{PeerError, PeerMsg, RoomState};
+pub use message::{PeerError, PeerMsg, ReplicaAck, ReplicaDrop, ReplicaSync, Replicate, RoomState};
+pub use replica::KEY_WINDOW;
 
 use member::{MemberRoom, PendingReq};
 use owner::{HandoffQueue, Moved, OwnedRoom, PendingOwnership};
+use replica::RoomCopy;
 
 /// The local subscribers of a room at one moment: shared by the `Fanout`s made then, copied
 /// only when the list changes while one of them is still being carried out.
@@ -61,6 +73,8 @@ pub struct RouterConfig {
     pub history: HistoryLimits,
     /// How long a request waits for the owner before it fails with `unavailable`.
     pub request_timeout_us: u64,
+    /// Copies of each room kept on other nodes besides its owner (`room_replicas`).
+    pub replicas: usize,
 }
 
 /// An event fed to the router.
@@ -89,6 +103,8 @@ pub enum Input<H> {
         from: ConnName,
         room: RoomId,
         data: String,
+        /// Idempotency key: a retry with the same key gets the original seq.
+        key: Option<String>,
         req: ReqId,
     },
     /// A local connection reads history.
@@ -172,6 +188,14 @@ pub struct RouterStats {
     pub handoff_conflicts: u64,
     /// Requests re-sent because the node asked refused them while the room moved.
     pub retries: u64,
+    /// Full room copies sent to replicas (new replicas, resyncs after a link reset or a gap).
+    pub replica_syncs: u64,
+    /// Replica copies that became the owned room (an owner died or left): same epoch.
+    pub promotions: u64,
+    /// Publishes answered with the seq of an earlier publish with the same key.
+    pub duplicate_publishes: u64,
+    /// Replication messages ignored because this node owns the room itself (views disagree).
+    pub replica_conflicts: u64,
 }
 
 /// The routing state machine for a set of rooms on one node.
@@ -185,22 +209,24 @@ pub struct Router<H> {
     live: Vec<NodeId>,
     /// When the view last changed (handoffs are looked for only shortly after a change).
     view_changed_us: u64,
-    member_rooms: HashMap<RoomId, MemberRoom<H>>,
-    owned: HashMap<RoomId, OwnedRoom>,
+    member_rooms: Map<RoomId, MemberRoom<H>>,
+    owned: Map<RoomId, OwnedRoom>,
+    /// This node's copies of rooms it replicates for their owners.
+    copies: Map<RoomId, RoomCopy>,
     /// Rooms this node is about to own, waiting for a previous owner's state.
-    pending_owner: HashMap<RoomId, PendingOwnership>,
+    pending_owner: Map<RoomId, PendingOwnership>,
     /// Rooms this node handed to another node: their snapshots until confirmed, and until
     /// when requests for them are refused with a hint to the new owner.
-    moved: HashMap<RoomId, Moved>,
+    moved: Map<RoomId, Moved>,
     /// Unasked handoffs waiting for the flow-control window.
     handoffs: HandoffQueue,
     /// Where refusals and events said rooms went, ahead of this node's view (until when).
-    hints: HashMap<RoomId, (NodeId, u64)>,
+    hints: Map<RoomId, (NodeId, u64)>,
     /// Publishes and history reads waiting for the owner, by token.
-    pending: HashMap<u64, PendingReq<H>>,
+    pending: Map<u64, PendingReq<H>>,
     /// Tokens of the pending publishes of each room (so the publish-order check looks at a
     /// room's few in-flight publishes, not at every pending request of the shard).
-    publishes_by_room: HashMap<RoomId, Vec<u64>>,
+    publishes_by_room: Map<RoomId, Vec<u64>>,
     next_token: u64,
     now_us: u64,
     loopback: VecDeque<PeerMsg>,
@@ -215,15 +241,17 @@ impl<H: Clone> Router<H> {
             members: Vec::new(),
             live: Vec::new(),
             view_changed_us: 0,
-            member_rooms: HashMap::new(),
-            owned: HashMap::new(),
-            pending_owner: HashMap::new(),
-            moved: HashMap::new(),
+            member_rooms: Map::default(),
+            owned: Map::default(),
+            copies: Map::default(),
+            pending_owner: Map::default(),
+            moved: Map::default(),
             handoffs: HandoffQueue::default(),
-            hints: HashMap::new(),
-            pending: HashMap::new(),
-            publishes_by_room: HashMap::new(),
-            next_token: 1,
+            hints: Map::default(),
+            pending: Map::default(),
+            publishes_by_room: Map::default(),
+            // Set from the clock at the first step (see `step`).
+            next_token: 0,
             now_us: 0,
             loopback: VecDeque::new(),
             stats: RouterStats::default(),
@@ -234,6 +262,12 @@ impl<H: Clone> Router<H> {
     /// to `out`. The caller must carry out the actions before the next call.
     pub fn step(&mut self, now_us: u64, input: Input<H>, out: &mut Vec<Action<H>>) {
         self.now_us = self.now_us.max(now_us);
+        if self.next_token == 0 {
+            // Tokens start from the clock (x16), not from 1: a node restarted under the same
+            // id must not reuse a token its previous incarnation has in flight, or a late
+            // reply to the old request would answer a new one.
+            self.next_token = self.now_us.saturating_mul(16).max(1);
+        }
         match input {
             Input::Join {
                 conn,
@@ -255,8 +289,9 @@ impl<H: Clone> Router<H> {
                 from,
                 room,
                 data,
+                key,
                 req,
-            } => self.publish(handle, from, room, data, req, out),
+            } => self.publish(handle, from, room, data, key, req, out),
             Input::History {
                 handle,
                 room,
@@ -270,6 +305,7 @@ impl<H: Clone> Router<H> {
             Input::PeerReset(node) => {
                 self.peer_reset(&node, out);
                 self.peer_reset_owner_side(&node, out);
+                self.peer_reset_replication(&node, out);
             }
             Input::Tick => {
                 self.tick_members(out);
@@ -391,6 +427,10 @@ impl<H: Clone> Router<H> {
             PeerMsg::Handoff { room, state } => self.on_handoff(from, room, state, out),
             PeerMsg::HandoffAck { room, .. } => self.on_handoff_ack(from, room, out),
             PeerMsg::HandoffMoving { room, to } => self.on_handoff_moving(from, room, to, out),
+            PeerMsg::Replicate(m) => self.on_replicate(from, m, out),
+            PeerMsg::ReplicaSync(m) => self.on_replica_sync(from, m, out),
+            PeerMsg::ReplicaAck(m) => self.on_replica_ack(from, m, out),
+            PeerMsg::ReplicaDrop(m) => self.on_replica_drop(&from, m),
         }
     }
 
@@ -428,5 +468,6 @@ impl<H: Clone> Router<H> {
         self.members = members;
         self.members_changed_member_side(&departed, out);
         self.members_changed_owner_side(&departed, out);
+        self.members_changed_replica_side(out);
     }
 }

@@ -21,17 +21,21 @@
 
 use std::collections::VecDeque;
 
-use bytestring::ByteString;
-
 use super::history::History;
+use super::replica::{Keys, Progress};
 use super::{Action, HistEntry, PeerError, PeerMsg, RoomState, Router};
-use crate::ids::{ConnName, Epoch, NodeId, RoomId};
+use crate::ids::{Epoch, NodeId, RoomId};
 use crate::protocol::encode;
 
 /// How long after a view change a node looks for previous owners of a room it is to own.
 const HANDOFF_WINDOW_US: u64 = 30_000_000;
-/// How long requests for a room wait for previous owners' answers.
+/// How long requests for a room wait for previous owners' answers (unreplicated rooms).
 const HANDOFF_WAIT_US: u64 = 2_000_000;
+/// The same with replication: a live node that has not answered yet may hold the room's only
+/// copy, and opening a new epoch beside it would lose its committed messages, so the wait is
+/// long (nodes that leave the view stop being waited for at once; requests held meanwhile
+/// time out as `unavailable` and are retried by their clients).
+const REPLICATED_HANDOFF_WAIT_US: u64 = 30_000_000;
 /// How long a node refuses requests for a room it handed away (with a hint to the new owner),
 /// counted from the new owner's confirmation.
 pub(super) const MOVED_TTL_US: u64 = 10_000_000;
@@ -45,14 +49,30 @@ pub(super) const HANDOFF_WINDOW_BYTES: usize = 4 * 1024 * 1024;
 
 /// A room this node sequences.
 pub(super) struct OwnedRoom {
-    epoch: Epoch,
+    pub(super) epoch: Epoch,
     /// Last assigned seq (0 before the first message of the epoch).
-    seq: u64,
+    pub(super) seq: u64,
     /// Handoffs of this epoch so far (see `RoomState::moves`).
-    moves: u64,
-    history: History,
+    pub(super) moves: u64,
+    pub(super) history: History,
     /// Nodes with local subscribers; each gets every event once. A handful at most, so a Vec.
-    interested: Vec<NodeId>,
+    pub(super) interested: Vec<NodeId>,
+    /// The highest seq every replica holds: events and acknowledgements go out up to here.
+    pub(super) committed: u64,
+    /// Entries sequenced after `committed`, oldest first: their events go out on commit.
+    pub(super) tail: VecDeque<HistEntry>,
+    /// Publishers waiting for the commit of their seq: `(seq, node, token)`.
+    pub(super) waiters: Vec<(u64, NodeId, u64)>,
+    /// The room's replicas and what each acknowledged (`replica.rs`).
+    pub(super) replicas: Vec<Progress>,
+    /// Recent publish keys (idempotency window).
+    pub(super) keys: Keys,
+    /// Reads (subscribes, history) wait until `committed` reaches this: a room taken over
+    /// with an uncommitted tail commits it before anyone can read it.
+    pub(super) hold_until: u64,
+    pub(super) held: VecDeque<(NodeId, PeerMsg)>,
+    /// Handoffs of this room to confirm to their senders once the replicas are synced.
+    pub(super) confirms: Vec<(NodeId, Epoch, u64)>,
 }
 
 /// A room this node is to own, waiting for a previous owner's state.
@@ -62,7 +82,9 @@ pub(super) struct PendingOwnership {
     /// asked again on each tick until they have it or the wait ends.
     moving: Vec<NodeId>,
     deadline_us: u64,
-    found: Option<RoomState>,
+    pub(super) found: Option<RoomState>,
+    /// Handoffs to confirm once the room is installed and its replicas synced.
+    confirms: Vec<(NodeId, Epoch, u64)>,
     /// Requests that arrived meanwhile, in order, with their sender.
     queued: VecDeque<(NodeId, PeerMsg)>,
 }
@@ -112,32 +134,58 @@ impl OwnedRoom {
             moves: 0,
             history: History::default(),
             interested: Vec::new(),
+            committed: 0,
+            tail: VecDeque::new(),
+            waiters: Vec::new(),
+            replicas: Vec::new(),
+            keys: Keys::default(),
+            hold_until: 0,
+            held: VecDeque::new(),
+            confirms: Vec::new(),
         }
     }
 
-    fn from_state(s: RoomState, limits: &super::HistoryLimits) -> OwnedRoom {
+    /// The room from a handed-over state or a promoted copy: entries after its commit point
+    /// form the tail, committed (through this node's replicas) before reads are served.
+    pub(super) fn from_state(s: RoomState, limits: &super::HistoryLimits) -> OwnedRoom {
         let mut history = History::default();
         for e in s.history {
             history.push(e, limits);
         }
+        let committed = s.committed.min(s.seq);
+        let tail: VecDeque<HistEntry> = history.after(committed).cloned().collect();
         OwnedRoom {
             epoch: s.epoch,
             seq: s.seq,
             moves: s.moves,
             history,
             interested: s.interested,
+            committed,
+            tail,
+            waiters: s.waiters,
+            replicas: Vec::new(),
+            keys: Keys::from_vec(s.keys),
+            hold_until: s.seq,
+            held: VecDeque::new(),
+            confirms: Vec::new(),
         }
     }
 
-    fn into_state(self) -> RoomState {
-        RoomState {
+    /// The state to hand to the next owner, and the reads held here (the caller refuses them
+    /// with a hint so that they follow the room).
+    fn into_state(self) -> (RoomState, VecDeque<(NodeId, PeerMsg)>) {
+        let state = RoomState {
             epoch: self.epoch,
             seq: self.seq,
             // Leaving: one more move.
             moves: self.moves + 1,
             history: self.history.drain(),
             interested: self.interested,
-        }
+            committed: self.committed,
+            keys: self.keys.to_vec(),
+            waiters: self.waiters,
+        };
+        (state, self.held)
     }
 }
 
@@ -160,27 +208,46 @@ impl<H: Clone> Router<H> {
         if self.owner_of(room) != self.me {
             return Ownership::NotOwner(None);
         }
+        // This node replicated the room for an owner that is gone: its copy holds every
+        // committed message. (A live owner hands the room over itself: ask it, below.)
+        if self.orphan_copy(room) && self.promote(room, out) {
+            return Ownership::Ready;
+        }
         let candidates = self.previous_owners();
         if candidates.is_empty() {
+            if self.promote(room, out) {
+                return Ownership::Ready;
+            }
             self.stats.fresh_epochs += 1;
-            self.owned
-                .insert(room.clone(), OwnedRoom::fresh(&self.me, self.now_us));
+            let fresh = OwnedRoom::fresh(&self.me, self.now_us);
+            self.install_owned(room.clone(), fresh, out);
             return Ownership::Ready;
         }
         for c in &candidates {
             self.send(c.clone(), PeerMsg::HandoffQuery { room: room.clone() }, out);
         }
+        // This node's own copy is one answer; a live owner's state (further along) wins.
+        let found = self.take_copy(room);
         self.pending_owner.insert(
             room.clone(),
             PendingOwnership {
                 waiting: candidates,
                 moving: Vec::new(),
-                deadline_us: self.now_us + HANDOFF_WAIT_US,
-                found: None,
+                deadline_us: self.now_us + self.handoff_wait_us(),
+                found,
+                confirms: Vec::new(),
                 queued: VecDeque::new(),
             },
         );
         Ownership::Deferred
+    }
+
+    fn handoff_wait_us(&self) -> u64 {
+        if self.cfg.replicas > 0 {
+            REPLICATED_HANDOFF_WAIT_US
+        } else {
+            HANDOFF_WAIT_US
+        }
     }
 
     /// Live nodes that may hold a room's state: every other live node (draining ones too),
@@ -273,6 +340,10 @@ impl<H: Clone> Router<H> {
         let Some(r) = self.owned.get_mut(&room) else {
             return;
         };
+        if r.committed < r.hold_until {
+            r.held.push_back((from, msg));
+            return;
+        }
         if !r.interested.contains(&from) {
             r.interested.push(from.clone());
         }
@@ -282,7 +353,7 @@ impl<H: Clone> Router<H> {
                 // A `since` from another epoch means nothing here: offer the whole epoch.
                 let same_epoch = epoch.as_ref().is_none_or(|e| *e == r.epoch);
                 let since = if same_epoch { since } else { 0 };
-                let s = r.history.since(since, r.seq, usize::MAX);
+                let s = r.history.since(since, r.committed, usize::MAX);
                 (s.entries, s.recovered && same_epoch)
             }
         };
@@ -290,7 +361,7 @@ impl<H: Clone> Router<H> {
             room,
             token,
             epoch: r.epoch.clone(),
-            seq: r.seq,
+            seq: r.committed,
             history,
             recovered,
         };
@@ -308,28 +379,21 @@ impl<H: Clone> Router<H> {
         }
     }
 
-    pub(super) fn owner_publish(
-        &mut self,
-        from: NodeId,
-        room: RoomId,
-        token: u64,
-        conn: ConnName,
-        data: ByteString,
-        out: &mut Vec<Action<H>>,
-    ) {
+    /// Sequences a publish (or answers a retry of one by its key): the entry goes to the
+    /// history, the tail and every replica; its event and acknowledgement go out when it is
+    /// committed (at once without replicas).
+    pub(super) fn owner_publish(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
         let now_us = self.now_us;
         let limits = self.cfg.history;
-        let msg = PeerMsg::Publish {
-            room: room.clone(),
-            token,
-            from: conn,
-            data,
-        };
         if !self.owner_gate(&from, &msg, out) {
             return;
         }
         let PeerMsg::Publish {
-            from: conn, data, ..
+            room,
+            token,
+            from: conn,
+            data,
+            key,
         } = msg
         else {
             return;
@@ -337,33 +401,34 @@ impl<H: Clone> Router<H> {
         let Some(r) = self.owned.get_mut(&room) else {
             return;
         };
+        if let Some(seq) = key.as_deref().and_then(|k| r.keys.get(k)) {
+            // A retry: the original seq, once it is committed.
+            self.stats.duplicate_publishes += 1;
+            if seq <= r.committed {
+                self.send(from, PeerMsg::PublishAck { room, token, seq }, out);
+            } else {
+                r.waiters.push((seq, from, token));
+            }
+            return;
+        }
         r.seq += 1;
         let seq = r.seq;
         let frame = encode::event(&room, seq, &r.epoch, &data, conn.as_str(), now_us / 1000);
-        r.history.push(
-            HistEntry {
-                seq,
-                accepted_us: now_us,
-                frame: frame.clone(),
-            },
-            &limits,
-        );
-        let epoch = r.epoch.clone();
-        let targets = r.interested.clone();
-        for node in targets {
-            self.send(
-                node,
-                PeerMsg::Event {
-                    room: room.clone(),
-                    epoch: epoch.clone(),
-                    seq,
-                    accepted_us: now_us,
-                    frame: frame.clone(),
-                },
-                out,
-            );
+        let entry = HistEntry {
+            seq,
+            accepted_us: now_us,
+            frame,
+        };
+        r.history.push(entry.clone(), &limits);
+        if let Some(k) = &key {
+            r.keys.insert(k.clone(), seq);
         }
-        self.send(from, PeerMsg::PublishAck { room, token, seq }, out);
+        r.waiters.push((seq, from, token));
+        self.replicate(&room, &entry, key, out);
+        if let Some(r) = self.owned.get_mut(&room) {
+            r.tail.push_back(entry);
+        }
+        self.advance_commit(&room, out);
     }
 
     pub(super) fn owner_history(
@@ -387,14 +452,20 @@ impl<H: Clone> Router<H> {
         let Some(r) = self.owned.get_mut(&room) else {
             return;
         };
-        let s = r
-            .history
-            .since(since, r.seq, usize::try_from(limit).unwrap_or(usize::MAX));
+        if r.committed < r.hold_until {
+            r.held.push_back((from, msg));
+            return;
+        }
+        let s = r.history.since(
+            since,
+            r.committed,
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        );
         let msg = PeerMsg::HistoryResp {
             room,
             token,
             epoch: r.epoch.clone(),
-            seq: r.seq,
+            seq: r.committed,
             history: s.entries,
             recovered: s.recovered,
         };
@@ -410,7 +481,7 @@ impl<H: Clone> Router<H> {
         out: &mut Vec<Action<H>>,
     ) {
         if let Some(r) = self.owned.remove(&room) {
-            self.hand_off(room.clone(), from, r.into_state());
+            self.give_up(room.clone(), from, r, out);
             self.send_snapshot_now(&room, out);
             return;
         }
@@ -442,7 +513,9 @@ impl<H: Clone> Router<H> {
             self.send(from, PeerMsg::HandoffMoving { room, to }, out);
             return;
         }
-        self.send(from, PeerMsg::Handoff { room, state: None }, out);
+        // A replica's copy holds every committed message: the asker may continue from it.
+        let state = self.copy_state(&room);
+        self.send(from, PeerMsg::Handoff { room, state }, out);
     }
 
     /// A queried node handed the room to `to`, unconfirmed: wait for `to` instead.
@@ -454,7 +527,7 @@ impl<H: Clone> Router<H> {
         out: &mut Vec<Action<H>>,
     ) {
         let me = self.me.clone();
-        let deadline = self.now_us + HANDOFF_WAIT_US;
+        let deadline = self.now_us + self.handoff_wait_us();
         let Some(p) = self.pending_owner.get_mut(&room) else {
             return;
         };
@@ -477,6 +550,32 @@ impl<H: Clone> Router<H> {
         {
             self.resolve_pending(&room, out);
         }
+    }
+
+    /// Hands an owned room (already removed from `owned`) to `to`; the reads it held are
+    /// refused with a hint naming `to`, where their senders re-send them.
+    fn give_up(&mut self, room: RoomId, to: NodeId, r: OwnedRoom, out: &mut Vec<Action<H>>) {
+        // The next owner syncs its own replicas; the others forget their copies.
+        for p in &r.replicas {
+            if p.node != to {
+                let drop = super::message::ReplicaDrop { room: room.clone() };
+                self.send(p.node.clone(), PeerMsg::ReplicaDrop(drop), out);
+            }
+        }
+        // Confirmations still owed: the snapshot kept below answers for those states now.
+        for (node, epoch, seq) in &r.confirms {
+            let ack = PeerMsg::HandoffAck {
+                room: room.clone(),
+                epoch: epoch.clone(),
+                seq: *seq,
+            };
+            self.send(node.clone(), ack, out);
+        }
+        let (state, held) = r.into_state();
+        for (from, msg) in held {
+            self.refuse_msg(from, &msg, PeerError::NotOwner, Some(to.clone()), out);
+        }
+        self.hand_off(room, to, state);
     }
 
     /// Stops owning `room`: keeps its snapshot for `to` until confirmed and queues it for the
@@ -597,18 +696,58 @@ impl<H: Clone> Router<H> {
         state: Option<RoomState>,
         out: &mut Vec<Action<H>>,
     ) {
-        if let Some(s) = &state {
-            // Confirm first: whatever happens below, this node now answers for the state.
-            self.send(
-                from.clone(),
-                PeerMsg::HandoffAck {
-                    room: room.clone(),
-                    epoch: s.epoch.clone(),
-                    seq: s.seq,
-                },
-                out,
-            );
+        let ack = state.as_ref().map(|s| (s.epoch.clone(), s.seq));
+        self.take_handoff(from.clone(), room.clone(), state, out);
+        if let Some((epoch, seq)) = ack {
+            self.confirm_handoff(room, from, epoch, seq, out);
         }
+    }
+
+    /// Confirms a received state to its sender once this node holds it durably: at once when
+    /// it did not take it (or holds it in a snapshot of its own), else when every replica of
+    /// the room has it — the sender forgets its snapshot on the confirmation, and this node
+    /// dying before its replicas synced must not lose the room.
+    fn confirm_handoff(
+        &mut self,
+        room: RoomId,
+        to: NodeId,
+        epoch: Epoch,
+        seq: u64,
+        out: &mut Vec<Action<H>>,
+    ) {
+        if let Some(r) = self.owned.get_mut(&room) {
+            r.confirms.push((to, epoch, seq));
+            self.flush_confirms(&room, out);
+            return;
+        }
+        if let Some(p) = self.pending_owner.get_mut(&room) {
+            p.confirms.push((to, epoch, seq));
+            return;
+        }
+        self.send(to, PeerMsg::HandoffAck { room, epoch, seq }, out);
+    }
+
+    /// Sends the confirmations waiting for `room`'s replicas, once they are synced.
+    pub(super) fn flush_confirms(&mut self, room: &RoomId, out: &mut Vec<Action<H>>) {
+        let Some(r) = self.owned.get_mut(room) else {
+            return;
+        };
+        if r.confirms.is_empty() || r.replicas.iter().any(|p| !p.leaving && p.syncing) {
+            return;
+        }
+        for (to, epoch, seq) in std::mem::take(&mut r.confirms) {
+            let room = room.clone();
+            self.send(to, PeerMsg::HandoffAck { room, epoch, seq }, out);
+        }
+    }
+
+    fn take_handoff(
+        &mut self,
+        from: NodeId,
+        room: RoomId,
+        state: Option<RoomState>,
+        out: &mut Vec<Action<H>>,
+    ) {
         if let Some(p) = self.pending_owner.get_mut(&room) {
             if state.is_none() && p.moving.contains(&from) {
                 // The state is still on its way there: ask again on the next tick.
@@ -648,7 +787,7 @@ impl<H: Clone> Router<H> {
         let limits = self.cfg.history;
         match self.owned.get_mut(&room) {
             None => {
-                self.owned.insert(room, OwnedRoom::from_state(s, &limits));
+                self.install_owned(room, OwnedRoom::from_state(s, &limits), out);
             }
             // The same state again (a re-send after a link reset), or an older one of it.
             Some(r) if r.epoch == s.epoch && r.seq >= s.seq => {}
@@ -656,10 +795,14 @@ impl<H: Clone> Router<H> {
             // epoch, yields to the handed state.
             Some(r) if (r.seq == 0 && r.history.is_empty()) || r.epoch == s.epoch => {
                 let mut interested = std::mem::take(&mut r.interested);
+                let held = std::mem::take(&mut r.held);
                 let mut new = OwnedRoom::from_state(s, &limits);
                 interested.retain(|n| !new.interested.contains(n));
                 new.interested.extend(interested);
-                self.owned.insert(room, new);
+                self.install_owned(room, new, out);
+                for (from, msg) in held {
+                    self.on_owner_msg(from, msg, out);
+                }
             }
             Some(_) => {
                 // Both sides sequenced the room in different epochs (possible only when views
@@ -689,7 +832,11 @@ impl<H: Clone> Router<H> {
                 OwnedRoom::fresh(&self.me, self.now_us)
             }
         };
-        self.owned.insert(room.clone(), owned);
+        self.install_owned(room.clone(), owned, out);
+        if let Some(r) = self.owned.get_mut(room) {
+            r.confirms.extend(p.confirms);
+        }
+        self.flush_confirms(room, out);
         for (from, msg) in p.queued {
             self.on_owner_msg(from, msg, out);
         }
@@ -705,12 +852,7 @@ impl<H: Clone> Router<H> {
                 epoch,
             } => self.owner_subscribe(from, room, token, since, epoch, out),
             PeerMsg::Unsubscribe { room } => self.owner_unsubscribe(&from, &room),
-            PeerMsg::Publish {
-                room,
-                token,
-                from: conn,
-                data,
-            } => self.owner_publish(from, room, token, conn, data, out),
+            msg @ PeerMsg::Publish { .. } => self.owner_publish(from, msg, out),
             PeerMsg::HistoryReq {
                 room,
                 token,
@@ -739,7 +881,7 @@ impl<H: Clone> Router<H> {
                 continue;
             }
             if let Some(r) = self.owned.remove(&room) {
-                self.hand_off(room, owner, r.into_state());
+                self.give_up(room, owner, r, out);
             }
         }
         let orphans: Vec<RoomId> = self
@@ -749,7 +891,7 @@ impl<H: Clone> Router<H> {
             .map(|(r, _)| r.clone())
             .collect();
         for room in orphans {
-            self.retarget_snapshot(&room);
+            self.retarget_snapshot(&room, out);
         }
         self.pump_handoffs(out);
         let pending: Vec<RoomId> = self.pending_owner.keys().cloned().collect();
@@ -789,7 +931,7 @@ impl<H: Clone> Router<H> {
     /// room's owner in the current view, or take the room back if that is this node. (Had the
     /// receiver passed the room on before it died, that node's later state supersedes this
     /// one where they meet: same epoch, higher seq.)
-    fn retarget_snapshot(&mut self, room: &RoomId) {
+    fn retarget_snapshot(&mut self, room: &RoomId, out: &mut Vec<Action<H>>) {
         let Some(m) = self.moved.remove(room) else {
             return;
         };
@@ -798,8 +940,7 @@ impl<H: Clone> Router<H> {
         let Some(state) = m.state else { return };
         if owner == self.me {
             let limits = self.cfg.history;
-            self.owned
-                .insert(room.clone(), OwnedRoom::from_state(state, &limits));
+            self.install_owned(room.clone(), OwnedRoom::from_state(state, &limits), out);
         } else {
             self.stats.handoffs_resent += 1;
             self.hand_off(room.clone(), owner, state);
@@ -845,10 +986,27 @@ impl<H: Clone> Router<H> {
     pub(super) fn tick_owned(&mut self, out: &mut Vec<Action<H>>) {
         let now = self.now_us;
         let limits = self.cfg.history;
-        self.owned.retain(|_, r| {
+        let mut drops: Vec<(NodeId, RoomId)> = Vec::new();
+        self.owned.retain(|room, r| {
             r.history.expire(now, &limits);
-            !(r.interested.is_empty() && r.history.is_empty())
+            let keep = !(r.interested.is_empty()
+                && r.history.is_empty()
+                && r.tail.is_empty()
+                && r.waiters.is_empty()
+                && r.held.is_empty());
+            if !keep {
+                drops.extend(r.replicas.iter().map(|p| (p.node.clone(), room.clone())));
+            }
+            keep
         });
+        for (node, room) in drops {
+            self.send(
+                node,
+                PeerMsg::ReplicaDrop(super::message::ReplicaDrop { room }),
+                out,
+            );
+        }
+        self.tick_copies();
         let late: Vec<RoomId> = self
             .pending_owner
             .iter()

@@ -249,7 +249,7 @@ impl Session {
                     );
                 }
             }
-            Op::Publish { room, data } => {
+            Op::Publish { room, data, key } => {
                 if !self.publish_bucket.take(Instant::now()) {
                     m::protocol_error(ErrorCode::RateLimited);
                     return self.reply(
@@ -265,6 +265,7 @@ impl Session {
                     from: self.name.clone(),
                     room,
                     data: data.to_string(),
+                    key,
                     req: id.clone(),
                 };
                 if self.shards().try_send(input).is_err() {

@@ -99,7 +99,11 @@ pub(crate) const MERGE_EVERY: u64 = 4096;
 pub(crate) async fn subscriber(shared: Arc<Shared>, i: usize, joined: mpsc::Sender<bool>) {
     let room_idx = i % shared.args.rooms;
     let room = shared.room(room_idx);
-    let mut res = SubResult::default();
+    let mut res = SubResult {
+        room: room_idx,
+        ..SubResult::default()
+    };
+    let strict = shared.args.strict;
     let mut hist = new_hist();
     let mut pos = Position::default();
     let mut last_n: HashMap<u64, u64> = HashMap::new();
@@ -278,6 +282,9 @@ pub(crate) async fn subscriber(shared: Arc<Shared>, i: usize, joined: mpsc::Send
                         }
                     }
                     res.received += 1;
+                    if strict {
+                        res.seen.insert((d.p, d.n));
+                    }
                     shared.received[room_idx].fetch_add(1, Ordering::Relaxed);
                     if chaos {
                         let mut order = shared.order.lock().await;
@@ -329,6 +336,10 @@ pub(crate) async fn publisher(shared: Arc<Shared>, j: usize) {
     let mut url = shared.url(url_idx).to_string();
     let mut n: u64 = 0;
     let mut drain_deadline: Option<Instant> = None;
+    // --chaos: every publish carries an idempotency key; with --strict, a publish whose outcome
+    // is unknown (`unavailable`, or the connection dropped) is sent again with the same key
+    // before anything newer — what a careful client does, and how it gets exactly-once.
+    let mut retry: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     'connection: loop {
         let mut ws = match connect(&shared, args.subscribers + j, &url).await {
             Ok(ws) => ws,
@@ -348,40 +359,67 @@ pub(crate) async fn publisher(shared: Arc<Shared>, j: usize) {
         };
         let mut inflight: HashMap<u64, usize> = HashMap::new();
         let mut next_at = tokio::time::Instant::now();
+        let requeue = |inflight: &HashMap<u64, usize>,
+                       retry: &mut std::collections::VecDeque<u64>| {
+            if args.strict {
+                let mut lost: Vec<u64> = inflight.keys().copied().collect();
+                lost.extend(retry.drain(..));
+                lost.sort_unstable();
+                lost.dedup();
+                retry.extend(lost);
+            }
+        };
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
             let stopping = shared.stop_publishing.load(Ordering::Acquire);
             if stopping {
                 let d = *drain_deadline.get_or_insert_with(|| Instant::now() + args.drain);
-                if inflight.is_empty() || Instant::now() > d {
+                if (inflight.is_empty() && (retry.is_empty() || !args.strict)) || Instant::now() > d
+                {
                     let _ = ws.close(None).await;
                     return;
                 }
             }
             // Send what is allowed now.
             let mut batch = 0;
-            while !stopping
+            while (!stopping || !retry.is_empty())
                 && inflight.len() < args.in_flight
-                && interval.is_none_or(|_| tokio::time::Instant::now() >= next_at)
+                && (!retry.is_empty()
+                    || interval.is_none_or(|_| tokio::time::Instant::now() >= next_at))
                 && batch < 64
             {
-                let k = (n as usize) % rooms.len();
-                let data = super::payload(j as u64, n, args.size);
-                let text = format!(
-                    r#"{{"op":"publish","id":{n},"room":"{}","data":{data}}}"#,
-                    names[k]
-                );
+                let (m, fresh) = match retry.pop_front() {
+                    Some(m) => (m, false),
+                    None => (n, true),
+                };
+                let k = (m as usize) % rooms.len();
+                let data = super::payload(j as u64, m, args.size);
+                let text = if args.chaos {
+                    format!(
+                        r#"{{"op":"publish","id":{m},"room":"{}","data":{data},"key":"{j}-{m}"}}"#,
+                        names[k]
+                    )
+                } else {
+                    format!(
+                        r#"{{"op":"publish","id":{m},"room":"{}","data":{data}}}"#,
+                        names[k]
+                    )
+                };
+                inflight.insert(m, rooms[k]);
                 if ws.feed(Message::Text(text.into())).await.is_err() {
+                    requeue(&inflight, &mut retry);
                     continue 'connection;
                 }
-                inflight.insert(n, rooms[k]);
-                n += 1;
-                batch += 1;
-                if let Some(iv) = interval {
-                    next_at += iv;
+                if fresh {
+                    n += 1;
+                    if let Some(iv) = interval {
+                        next_at += iv;
+                    }
                 }
+                batch += 1;
             }
             if batch > 0 && ws.flush().await.is_err() {
+                requeue(&inflight, &mut retry);
                 shared.reconnects.fetch_add(1, Ordering::Relaxed);
                 url_idx += 1;
                 url = shared.url(url_idx).to_string();
@@ -396,10 +434,12 @@ pub(crate) async fn publisher(shared: Arc<Shared>, j: usize) {
             let text = match msg {
                 Some(Ok(Message::Text(t))) => t,
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                    // In-flight publishes have an unknown outcome: not acknowledged.
-                    if !args.chaos || stopping {
+                    // In-flight publishes have an unknown outcome: not acknowledged (sent again
+                    // by key with --strict).
+                    if !args.chaos || (stopping && !args.strict) {
                         return;
                     }
+                    requeue(&inflight, &mut retry);
                     shared.reconnects.fetch_add(1, Ordering::Relaxed);
                     url_idx += 1;
                     url = shared.url(url_idx).to_string();
@@ -414,6 +454,7 @@ pub(crate) async fn publisher(shared: Arc<Shared>, j: usize) {
                 // The node is draining: follow its hint (in-flight publishes still get their
                 // replies until it closes us, but they are given up here as unacknowledged).
                 shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                requeue(&inflight, &mut retry);
                 url = match f.url {
                     Some(u) => u.to_string(),
                     None => {
@@ -432,11 +473,24 @@ pub(crate) async fn publisher(shared: Arc<Shared>, j: usize) {
             };
             if ok {
                 shared.acked[room].fetch_add(1, Ordering::Relaxed);
+                if args.strict {
+                    shared.acked_msgs.lock().unwrap_or_else(|e| e.into_inner())[room]
+                        .insert((j as u64, id));
+                }
                 if shared.measuring.load(Ordering::Relaxed) {
                     shared.published_in_window.fetch_add(1, Ordering::Relaxed);
                 }
             } else {
-                match f.error.as_ref().map(|e| e.code) {
+                let code = f.error.as_ref().map(|e| e.code);
+                if args.strict && code == Some("unavailable") {
+                    retry.push_back(id);
+                    let mut v: Vec<u64> = retry.drain(..).collect();
+                    v.sort_unstable();
+                    retry.extend(v);
+                    // Let the room's new owner settle before trying again.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                match code {
                     Some("unavailable") => &shared.errors_unavailable,
                     Some("rate_limited") => &shared.errors_rate_limited,
                     _ => &shared.errors_other,

@@ -143,6 +143,10 @@ pub(crate) struct Shared {
     pub hist: Mutex<Histogram<u64>>,
     /// chaos: (room, epoch, seq) → (publisher, n), for the one-order check.
     pub order: Mutex<HashMap<(usize, String, u64), (u64, u64)>>,
+    /// --strict: the acknowledged messages of each room, `(publisher, n)`, to check that each
+    /// one reached every subscriber (counts alone would let an unacknowledged delivery hide
+    /// a lost acknowledged one).
+    pub acked_msgs: std::sync::Mutex<Vec<std::collections::HashSet<(u64, u64)>>>,
     pub connect_gate: Semaphore,
 }
 
@@ -198,6 +202,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<Report> {
         results: Mutex::new(Vec::new()),
         hist: Mutex::new(new_hist()),
         order: Mutex::new(HashMap::new()),
+        acked_msgs: std::sync::Mutex::new(vec![Default::default(); args.rooms]),
         connect_gate: Semaphore::new(args.connect_concurrency.max(1)),
         args: args.clone(),
     });

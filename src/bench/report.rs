@@ -10,6 +10,10 @@ use super::{Proto, Shared};
 /// What one subscriber saw.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SubResult {
+    /// The room this subscriber followed.
+    pub room: usize,
+    /// --strict: every `(publisher, n)` received.
+    pub seen: std::collections::HashSet<(u64, u64)>,
     pub received: u64,
     pub duplicated: u64,
     pub reordered: u64,
@@ -119,6 +123,23 @@ pub(crate) async fn build(shared: &Shared, m: Measures) -> Report {
         acked_total += acked;
         expected += want;
         received_total += got;
+    }
+    if a.strict {
+        // Message by message: each acknowledged one must have reached every subscriber of
+        // its room (subscribers that gave up are counted as losing everything they missed).
+        let acked = shared
+            .acked_msgs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        lost = results
+            .iter()
+            .map(|s| {
+                acked.get(s.room).map_or(0, |set| {
+                    set.iter().filter(|m| !s.seen.contains(m)).count() as u64
+                })
+            })
+            .sum();
     }
     let h = shared.hist.lock().await;
     let q = |x: f64| {

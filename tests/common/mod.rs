@@ -707,6 +707,17 @@ impl Cluster {
         }
     }
 
+    /// Waits until no node has a room with fewer synced replicas than configured: the cluster
+    /// re-replicated after the last failure and can lose another node.
+    pub async fn wait_replicated(&self) {
+        for n in &self.nodes {
+            wait_until("rooms replicated", || async {
+                n.get_json("/cluster").await["rooms"]["under_replicated"] == 0
+            })
+            .await;
+        }
+    }
+
     /// Waits until every node sees every node live.
     pub async fn wait_converged(&self) {
         let ids = self.ids();
@@ -788,6 +799,10 @@ pub fn spawn_strict_bench(urls: &str, duration: &str, drain: &str) -> std::proce
             "3",
             "--rate",
             "150",
+            // One publish in flight per publisher: a publish retried by key after an unknown
+            // outcome then cannot overtake a newer one (per-publisher order stays checkable).
+            "--in-flight",
+            "1",
             "--warmup",
             "1s",
             "--duration",

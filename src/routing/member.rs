@@ -628,7 +628,7 @@ impl<H: Clone> Router<H> {
 
     /// Asks the room's current owner for everything after the feed's last seq; events are
     /// dropped until the answer arrives.
-    fn start_resync(&mut self, room: &RoomId, out: &mut Vec<Action<H>>) {
+    pub(super) fn start_resync(&mut self, room: &RoomId, out: &mut Vec<Action<H>>) {
         let owner = self.route(room);
         let token = self.token();
         let retry_at_us = self.deadline();
@@ -1031,6 +1031,20 @@ impl<H: Clone> Router<H> {
             out,
         );
         self.resend_parked(false, out);
+    }
+
+    /// Every followed room resyncs from its last seq (the owner side's registrations may be
+    /// gone: this node was fenced, or it is fenced no more).
+    pub(super) fn resync_all(&mut self, out: &mut Vec<Action<H>>) {
+        let rooms: Vec<RoomId> = self
+            .member_rooms
+            .iter()
+            .filter(|(_, r)| !matches!(r.feed, Feed::Unregistered))
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in rooms {
+            self.start_resync(&room, out);
+        }
     }
 
     /// Times out requests and joins, retries parked ones, and retries stalled resyncs.

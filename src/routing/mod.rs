@@ -34,6 +34,7 @@ pub mod history;
 mod member;
 pub mod message;
 mod owner;
+pub mod quorum;
 mod replica;
 #[cfg(test)]
 mod tests;
@@ -196,6 +197,8 @@ pub struct RouterStats {
     pub duplicate_publishes: u64,
     /// Replication messages ignored because this node owns the room itself (views disagree).
     pub replica_conflicts: u64,
+    /// Times this node lost the quorum (saw less than a majority of the stable membership).
+    pub quorum_losses: u64,
 }
 
 /// The routing state machine for a set of rooms on one node.
@@ -209,6 +212,10 @@ pub struct Router<H> {
     live: Vec<NodeId>,
     /// When the view last changed (handoffs are looked for only shortly after a change).
     view_changed_us: u64,
+    /// The cluster's last stable membership (`quorum.rs`), sorted.
+    stable: Vec<NodeId>,
+    /// Whether this node sees a majority of `stable` (else it is fenced: no sequencing).
+    quorum: bool,
     member_rooms: Map<RoomId, MemberRoom<H>>,
     owned: Map<RoomId, OwnedRoom>,
     /// This node's copies of rooms it replicates for their owners.
@@ -241,6 +248,8 @@ impl<H: Clone> Router<H> {
             members: Vec::new(),
             live: Vec::new(),
             view_changed_us: 0,
+            stable: Vec::new(),
+            quorum: true,
             member_rooms: Map::default(),
             owned: Map::default(),
             copies: Map::default(),
@@ -267,6 +276,25 @@ impl<H: Clone> Router<H> {
             // id must not reuse a token its previous incarnation has in flight, or a late
             // reply to the old request would answer a new one.
             self.next_token = self.now_us.saturating_mul(16).max(1);
+        }
+        if !self.quorum
+            && let Input::Join { handle, req, .. }
+            | Input::Publish { handle, req, .. }
+            | Input::History { handle, req, .. } = &input
+        {
+            out.push(Action::Reply {
+                to: handle.clone(),
+                req: req.clone(),
+                reply: Reply::error(
+                    crate::protocol::ErrorCode::Unavailable,
+                    "this node cannot reach a majority of the cluster (a network partition?); \
+                     it does not sequence until it can; retry, or reconnect to another node",
+                ),
+            });
+            if let Input::Join { handle, room, .. } = input {
+                out.push(Action::JoinFailed { to: handle, room });
+            }
+            return;
         }
         match input {
             Input::Join {
@@ -308,6 +336,7 @@ impl<H: Clone> Router<H> {
                 self.peer_reset_replication(&node, out);
             }
             Input::Tick => {
+                self.tick_quorum(out);
                 self.tick_members(out);
                 self.tick_owned(out);
             }
@@ -448,7 +477,7 @@ impl<H: Clone> Router<H> {
         if eligible == self.members && live == self.live {
             return;
         }
-        self.members = eligible;
+        let old_eligible = std::mem::replace(&mut self.members, eligible);
         let old_live = std::mem::replace(&mut self.live, live);
         self.view_changed_us = self.now_us;
         // Nodes that are gone (not merely draining).
@@ -466,6 +495,13 @@ impl<H: Clone> Router<H> {
                 && hash::owner(room, &members).is_some_and(|o| o != n)
         });
         self.members = members;
+        // Members that announced a drain (live, not eligible) and then left.
+        let left_draining: Vec<NodeId> = departed
+            .iter()
+            .filter(|n| old_eligible.binary_search(n).is_err())
+            .cloned()
+            .collect();
+        self.view_changed_quorum(&left_draining, out);
         self.members_changed_member_side(&departed, out);
         self.members_changed_owner_side(&departed, out);
         self.members_changed_replica_side(out);

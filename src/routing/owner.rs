@@ -86,7 +86,7 @@ pub(super) struct PendingOwnership {
     /// Handoffs to confirm once the room is installed and its replicas synced.
     confirms: Vec<(NodeId, Epoch, u64)>,
     /// Requests that arrived meanwhile, in order, with their sender.
-    queued: VecDeque<(NodeId, PeerMsg)>,
+    pub(super) queued: VecDeque<(NodeId, PeerMsg)>,
 }
 
 /// A room this node handed away: requests for it are refused with a hint to `to`, and the
@@ -278,7 +278,7 @@ impl<H: Clone> Router<H> {
         self.refuse_msg(from, &msg, PeerError::Unavailable, None, out);
     }
 
-    fn refuse_msg(
+    pub(super) fn refuse_msg(
         &mut self,
         to: NodeId,
         msg: &PeerMsg,
@@ -306,6 +306,9 @@ impl<H: Clone> Router<H> {
 
     /// Routes an owner-bound request: served now, held, or refused.
     fn owner_gate(&mut self, from: &NodeId, msg: &PeerMsg, out: &mut Vec<Action<H>>) -> bool {
+        if self.fenced(from, msg, out) {
+            return false;
+        }
         match self.ownership(msg.room(), out) {
             Ownership::Ready => true,
             Ownership::Deferred => {
@@ -696,6 +699,11 @@ impl<H: Clone> Router<H> {
         state: Option<RoomState>,
         out: &mut Vec<Action<H>>,
     ) {
+        if !self.has_quorum() {
+            // Fenced: take nothing, confirm nothing (the sender keeps its snapshot and sends it
+            // again after a link reset or to the room's next owner).
+            return;
+        }
         let ack = state.as_ref().map(|s| (s.epoch.clone(), s.seq));
         self.take_handoff(from.clone(), room.clone(), state, out);
         if let Some((epoch, seq)) = ack {

@@ -435,6 +435,9 @@ impl<H: Clone> Router<H> {
     }
 
     pub(super) fn on_replicate(&mut self, from: NodeId, m: Replicate, out: &mut Vec<Action<H>>) {
+        if !self.has_quorum() {
+            return;
+        }
         if self.owned.contains_key(&m.room) {
             // Views disagree about who owns the room: holding the sender's commits back is
             // the safe answer until they agree (one of the two then hands the room over).
@@ -475,6 +478,9 @@ impl<H: Clone> Router<H> {
         m: ReplicaSync,
         out: &mut Vec<Action<H>>,
     ) {
+        if !self.has_quorum() {
+            return;
+        }
         if self.owned.contains_key(&m.room) {
             self.stats.replica_conflicts += 1;
             return;

@@ -1950,30 +1950,122 @@ fn an_uncommitted_tail_is_committed_by_the_new_owner_and_a_keyed_retry_is_not_do
 }
 
 #[test]
-fn a_restarted_node_becomes_a_replica_after_its_sync_and_the_next_death_loses_nothing() {
-    let nodes = ["a", "b", "c"];
+fn a_replaced_replica_is_synced_and_the_next_death_loses_nothing() {
+    let nodes = ["a", "b", "c", "d"];
     let mut s = Sim::with_cfg(&nodes, replicated_cfg(1));
     let r = room_ranked("a", "b", &nodes);
-    s.join("c", 1, &r, None);
+    let m: Vec<NodeId> = nodes.iter().map(|n| node(n)).collect();
+    let third = hash::ranked(&r, &m)[2].to_string();
+    let other = if third == "c" { "d" } else { "c" };
+    s.join(other, 1, &r, None);
     s.settle();
-    s.publish("c", 2, &r, "1");
+    s.publish(other, 2, &r, "1");
     s.settle();
-    // b (the replica) dies: c becomes a's replica by a sync.
+    // b (the replica) dies: the next node in the room's order becomes a's replica by a sync.
     s.kill("b");
-    s.set_members(&["a", "c"], &["a", "c"]);
+    let rest = ["a", "c", "d"];
+    s.set_members(&rest, &rest);
     s.settle();
-    s.publish("c", 2, &r, "2");
+    s.publish(other, 2, &r, "2");
     s.settle();
     assert_eq!(s.nodes[&node("a")].under_replicated(), 0);
-    // a dies too (one failure at a time): c continues the epoch.
-    s.kill("a");
-    s.set_members(&["c"], &["c"]);
+    // The membership is stable again (the three that are left).
+    s.now_us += quorum::STABLE_AFTER_US;
+    for n in rest {
+        s.input(n, Input::Tick);
+    }
     s.settle();
-    s.publish("c", 2, &r, "3");
+    // a dies too (one failure at a time): the new replica continues the epoch.
+    s.kill("a");
+    let rest = [third.as_str(), other];
+    s.set_members(&rest, &rest);
+    s.settle();
+    assert_eq!(s.nodes[&node(&third)].stats().promotions, 1);
+    s.publish(other, 2, &r, "3");
     s.settle();
     assert_eq!(s.events(1), vec![1, 2, 3]);
-    assert_eq!(s.nodes[&node("c")].stats().fresh_epochs, 0);
+    assert_eq!(s.nodes[&node(&third)].stats().fresh_epochs, 0);
     assert_eq!(published(&s.replies(2)), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_node_cut_off_from_the_majority_stops_sequencing_and_adopts_the_majority_state_on_heal() {
+    let nodes = ["a", "b", "c"];
+    let mut s = Sim::with_cfg(&nodes, replicated_cfg(1));
+    let r = room_ranked("c", "a", &nodes);
+    s.join("a", 1, &r, None);
+    s.join("c", 2, &r, None);
+    s.settle();
+    s.publish("a", 3, &r, "1");
+    s.settle();
+    assert_eq!(s.events(1), vec![1]);
+    assert_eq!(s.events(2), vec![1]);
+    // A partition: c alone | a, b. Messages across it are lost.
+    for (x, y) in [("c", "a"), ("c", "b")] {
+        s.cut.push((node(x), node(y)));
+        s.cut.push((node(y), node(x)));
+        s.drop_link_queue(x, y);
+        s.drop_link_queue(y, x);
+    }
+    s.set_members(&["c"], &["c"]);
+    s.set_members(&["a", "b"], &["a", "b"]);
+    s.settle();
+    assert!(!s.nodes[&node("c")].has_quorum());
+    assert!(s.nodes[&node("a")].has_quorum());
+    // c's clients cannot publish or join; a's side goes on with the room (a was its replica).
+    s.publish("c", 4, &r, "\"minority\"");
+    assert!(matches!(
+        &s.replies(4)[..],
+        [Reply::Error {
+            code: ErrorCode::Unavailable,
+            ..
+        }]
+    ));
+    s.join("c", 5, &r, None);
+    assert!(matches!(
+        s.take(5)[..],
+        [Got::Reply(Reply::Error { .. }), Got::JoinFailed]
+    ));
+    s.publish("b", 6, &r, "2");
+    s.settle();
+    assert_eq!(published(&s.replies(6)), vec![2]);
+    assert_eq!(s.events(1), vec![2]);
+    // Heal: c is back in everyone's view, owns the room again, takes the majority's state.
+    s.cut.clear();
+    s.set_members(&nodes, &nodes);
+    for n in nodes {
+        s.input(n, Input::PeerReset(node(if n == "c" { "a" } else { "c" })));
+    }
+    s.settle();
+    assert!(s.nodes[&node("c")].has_quorum());
+    s.publish("b", 7, &r, "3");
+    s.settle();
+    assert_eq!(published(&s.replies(7)), vec![3]);
+    assert_eq!(s.events(1), vec![3]);
+    // c's subscriber stayed connected; its feed's resync (refused while fenced) is retried on
+    // the next ticks and catches up with no gap, in the same epoch.
+    for _ in 0..3 {
+        s.now_us += 300_000;
+        for n in nodes {
+            s.input(n, Input::Tick);
+        }
+        s.settle();
+    }
+    let got = s.take(2);
+    assert_eq!(
+        got.iter()
+            .filter_map(|g| match g {
+                Got::Event(q, _) => Some(*q),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        vec![2, 3],
+        "{got:?} {} | {} | {}",
+        s.nodes[&node("c")].debug_room(&r),
+        s.nodes[&node("a")].debug_room(&r),
+        s.nodes[&node("b")].debug_room(&r)
+    );
+    assert_eq!(s.nodes[&node("c")].stats().quorum_losses, 1);
 }
 
 #[test]
@@ -2021,6 +2113,7 @@ fn random_kills(seed: u64) -> Result<(), String> {
     let mut evicted: Vec<H> = Vec::new();
     let mut dead_once = [false; 4];
     let mut down: Option<usize> = None;
+    let mut isolated: Option<usize> = None;
     let mut next_payload = 0u64;
     let mut next_conn: H = 100_000;
     // In flight: conn -> (room, payload). Acked: payload -> (room, seq).
@@ -2122,6 +2215,7 @@ fn random_kills(seed: u64) -> Result<(), String> {
             // guarantee `room_replicas = 1` gives, documented in docs/ARCHITECTURE.md.
             80..=83
                 if down.is_none()
+                    && isolated.is_none()
                     && s.nodes
                         .values()
                         .all(|r| r.under_replicated() == 0 && r.unconfirmed_handoffs() == 0) =>
@@ -2146,6 +2240,46 @@ fn random_kills(seed: u64) -> Result<(), String> {
                 down = Some(x);
                 let alive = live(down);
                 s.set_members(&alive, &alive);
+            }
+            // A partition: one node cut off from the others (the minority side), both ways;
+            // each side's view drops the other. Healed later.
+            88..=89
+                if down.is_none()
+                    && isolated.is_none()
+                    && s.nodes
+                        .values()
+                        .all(|r| r.under_replicated() == 0 && r.unconfirmed_handoffs() == 0) =>
+            {
+                let x = rng.below(4) as usize;
+                if trace {
+                    eprintln!("step {step}: isolate {}", names[x]);
+                }
+                for (i, y) in names.iter().enumerate() {
+                    if i != x {
+                        s.cut.push((node(names[x]), node(y)));
+                        s.cut.push((node(y), node(names[x])));
+                        s.drop_link_queue(names[x], y);
+                        s.drop_link_queue(y, names[x]);
+                    }
+                }
+                isolated = Some(x);
+                let others = live(Some(x));
+                s.set_members(&others, &others);
+                s.set_members(&[names[x]], &[names[x]]);
+            }
+            90..=92 if isolated.is_some() => {
+                let x = isolated.take().unwrap_or(0);
+                if trace {
+                    eprintln!("step {step}: heal {}", names[x]);
+                }
+                s.cut.clear();
+                s.set_members(&names, &names);
+                for (i, y) in names.iter().enumerate() {
+                    if i != x {
+                        s.input(names[x], Input::PeerReset(node(y)));
+                        s.input(y, Input::PeerReset(node(names[x])));
+                    }
+                }
             }
             84..=87 if down.is_some() => {
                 let x = down.take().unwrap_or(0);
@@ -2187,6 +2321,15 @@ fn random_kills(seed: u64) -> Result<(), String> {
         }
     }
     // Heal: everyone up, one view, every unknown outcome retried until known.
+    if let Some(x) = isolated.take() {
+        s.cut.clear();
+        for (i, y) in names.iter().enumerate() {
+            if i != x {
+                s.input(names[x], Input::PeerReset(node(y)));
+                s.input(y, Input::PeerReset(node(names[x])));
+            }
+        }
+    }
     if let Some(x) = down.take() {
         s.nodes.insert(
             node(names[x]),

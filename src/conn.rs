@@ -24,7 +24,7 @@ pub struct WorkerId(pub u16);
 pub struct ConnHandle {
     pub outbox: Outbox,
     pub worker: WorkerId,
-    pub conn: Recipient<JoinFailed>,
+    pub conn: Recipient<JoinDone>,
 }
 
 impl std::fmt::Debug for ConnHandle {
@@ -33,10 +33,15 @@ impl std::fmt::Debug for ConnHandle {
     }
 }
 
-/// Sent by a shard when a join did not succeed, so the connection forgets the room.
+/// Sent by a shard when a join did not succeed (`ok: false`: the connection forgets the room),
+/// or when a join with `since` succeeded (its replay is queued: the connection may let its next
+/// resume through, see `session`'s resume pacing).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct JoinFailed(pub RoomId);
+pub struct JoinDone {
+    pub room: RoomId,
+    pub ok: bool,
+}
 
 /// Sent to a connection's actor to close it (shutdown, drain; the writer when the outbox
 /// closed from elsewhere, e.g. a slow consumer).

@@ -719,3 +719,62 @@ async fn the_shipped_config_files_are_valid() {
         assert_eq!(c.request(json!({"op":"ping"})).await["ok"], true, "{f}");
     }
 }
+
+/// Issue 10, item 5: a client resuming many full rooms at once is not cut as a slow consumer
+/// by its own replay (here 11 rooms x 100 messages against a 250-frame outbound bound): the
+/// node paces the resumes, one room's replay at a time, each when the queue has room for it.
+#[tokio::test]
+async fn resuming_many_full_rooms_at_once_is_paced_not_cut() {
+    let node = Node::start(&[
+        "--publish-rate",
+        "0",
+        "--outbound-max-messages",
+        "250",
+        "--outbound-max-bytes",
+        "4000000",
+        "--history-max-messages",
+        "100",
+        "--history-max-bytes",
+        "1000000",
+    ]);
+    let mut p = node.connect().await;
+    let rooms: Vec<String> = (0..11).map(|i| format!("full-{i}")).collect();
+    for r in &rooms {
+        for i in 1..=100 {
+            p.publish(r, json!(i)).await;
+        }
+    }
+    let mut c = node.connect().await;
+    for (i, r) in rooms.iter().enumerate() {
+        c.send_json(&json!({"op":"join","id":i,"room":r,"since":0}))
+            .await;
+    }
+    let mut joined = 0;
+    let mut per_room: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    while joined < rooms.len() || per_room.values().map(|v| v.len()).sum::<usize>() < 1100 {
+        let f = c
+            .try_recv_frame(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("the resuming client was cut or stalled: {e}"));
+        if f["ok"] == true {
+            assert_eq!(f["recovered"], true, "{f}");
+            joined += 1;
+        } else if f["type"] == "message" {
+            per_room
+                .entry(f["room"].as_str().unwrap().to_string())
+                .or_default()
+                .push(f["seq"].as_u64().unwrap());
+        } else {
+            panic!("unexpected frame {f}");
+        }
+    }
+    for r in &rooms {
+        assert_eq!(per_room[r], (1..=100).collect::<Vec<_>>(), "{r}");
+    }
+    assert_eq!(
+        node.metric("roomcast_slow_consumer_disconnects_total")
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+}

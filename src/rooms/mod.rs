@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::conn::{ConnHandle, JoinFailed, reply_frame};
+use crate::conn::{ConnHandle, JoinDone, reply_frame};
 use crate::delivery::{Batch, Workers};
 use crate::ids::{NodeId, RoomId};
 use crate::metrics as m;
@@ -335,6 +335,15 @@ fn step(
                     m::published();
                 }
                 batch.frame(&to, reply_frame(&req, &reply));
+                if let Reply::Joined {
+                    room,
+                    recovered: Some(_),
+                    ..
+                } = reply
+                {
+                    // A resume: its replay follows in this batch; the connection paces the next.
+                    to.conn.do_send(JoinDone { room, ok: true });
+                }
             }
             Action::Deliver { to, frame, .. } => {
                 let bytes = frame::text(&frame);
@@ -357,7 +366,7 @@ fn step(
             }
             Action::JoinFailed { to, room } => {
                 // One message per failed join the connection itself asked for: bounded.
-                to.conn.do_send(JoinFailed(room));
+                to.conn.do_send(JoinDone { room, ok: false });
             }
             Action::Evict { to, .. } => {
                 batch.close(&to, CloseReason::Gap);

@@ -16,7 +16,7 @@
 //! and could destroy frames still on their way to the client. Bad input ends at most this
 //! connection; nothing here panics on client input.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use actix::{Actor, ActorContext, AsyncContext, Handler, StreamHandler};
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use crate::conn::{CloseNow, ConnHandle, JoinFailed, send_reply};
+use crate::conn::{CloseNow, ConnHandle, JoinDone, send_reply};
 use crate::ids::{ConnId, ConnName, RoomId};
 use crate::metrics as m;
 use crate::node::NodeContext;
@@ -96,7 +96,25 @@ pub struct Session {
     /// The server began closing: requests are ignored, the actor stops when the client answers
     /// (or after [`LINGER`]).
     closing: bool,
+    /// Resume pacing: joins with `since` not sent to their shard yet, in order.
+    resumes: VecDeque<PendingResume>,
+    /// The resume sent last whose outcome has not come back (one at a time), and when it
+    /// was sent (after `request_timeout` and a second it no longer holds the others back).
+    resume_out: Option<(RoomId, Instant)>,
+    /// A pacing check is scheduled.
+    resume_timer: bool,
 }
+
+/// A join with `since` waiting for its turn.
+struct PendingResume {
+    id: ReqId,
+    room: RoomId,
+    since: Option<u64>,
+    epoch: Option<crate::ids::Epoch>,
+}
+
+/// How often a connection whose queue is too full for the next resume's replay looks again.
+const RESUME_RECHECK: Duration = Duration::from_millis(10);
 
 impl Session {
     /// Starts the actor for an accepted WebSocket on the current worker thread (the one that
@@ -124,6 +142,9 @@ impl Session {
                 error_bucket: Bucket::new(ERROR_RATE, ERROR_BURST),
                 last_seen: Instant::now(),
                 closing: false,
+                resumes: VecDeque::new(),
+                resume_out: None,
+                resume_timer: false,
             }
         });
         let actor = addr.recipient::<CloseNow>();
@@ -145,6 +166,68 @@ impl Session {
 
     fn reply(&self, id: &ReqId, reply: &Reply) {
         send_reply(&self.outbox, id, reply);
+    }
+
+    fn send_join(
+        &mut self,
+        id: ReqId,
+        room: RoomId,
+        since: Option<u64>,
+        epoch: Option<crate::ids::Epoch>,
+    ) -> bool {
+        let input = Input::Join {
+            conn: self.id,
+            handle: self.conn_handle(),
+            room: room.clone(),
+            since,
+            epoch,
+            req: id.clone(),
+        };
+        if self.shards().try_send(input).is_err() {
+            self.rooms.remove(&room);
+            self.reply(
+                &id,
+                &Reply::error(ErrorCode::Unavailable, "node overloaded; retry"),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Sends the next waiting resume when none is outstanding and the queue has room for a
+    /// whole history's replay; otherwise looks again shortly.
+    fn pump_resumes(&mut self, ctx: &mut <Self as Actor>::Context) {
+        if self.closing {
+            return;
+        }
+        if let Some((_, at)) = &self.resume_out
+            && at.elapsed() > self.node.config.request_timeout + Duration::from_secs(1)
+        {
+            self.resume_out = None;
+        }
+        while !self.resumes.is_empty() {
+            let cfg = &self.node.config;
+            let (frames, bytes) = self.outbox.room_left();
+            if self.resume_out.is_some()
+                || frames <= cfg.history_max_messages
+                || bytes <= cfg.history_max_bytes
+            {
+                if !self.resume_timer {
+                    self.resume_timer = true;
+                    ctx.run_later(RESUME_RECHECK, |act, ctx| {
+                        act.resume_timer = false;
+                        act.pump_resumes(ctx);
+                    });
+                }
+                return;
+            }
+            let Some(r) = self.resumes.pop_front() else {
+                return;
+            };
+            if self.send_join(r.id, r.room.clone(), r.since, r.epoch) {
+                self.resume_out = Some((r.room, Instant::now()));
+            }
+        }
     }
 
     /// Replies with an error caused by the client, and closes the connection if it keeps
@@ -207,23 +290,36 @@ impl Session {
                     );
                 }
                 self.rooms.insert(room.clone());
-                let input = Input::Join {
-                    conn: self.id,
-                    handle: self.conn_handle(),
-                    room: room.clone(),
-                    since,
-                    epoch,
-                    req: id.clone(),
-                };
-                if self.shards().try_send(input).is_err() {
-                    self.rooms.remove(&room);
-                    self.reply(
-                        &id,
-                        &Reply::error(ErrorCode::Unavailable, "node overloaded; retry"),
-                    );
+                if since.is_some() {
+                    // A resume replays up to a whole history: paced, one at a time, each when
+                    // the queue has room for it, so that many resumes at once do not cut the
+                    // connection as a slow consumer by their own replay.
+                    self.resumes.push_back(PendingResume {
+                        id,
+                        room,
+                        since,
+                        epoch,
+                    });
+                    self.pump_resumes(ctx);
+                    return;
                 }
+                self.send_join(id, room, since, epoch);
             }
             Op::Leave { room } => {
+                if let Some(i) = self.resumes.iter().position(|r| r.room == room) {
+                    // Not sent yet: the join ends here, and so does the room.
+                    if let Some(r) = self.resumes.remove(i) {
+                        self.reply(
+                            &r.id,
+                            &Reply::error(
+                                ErrorCode::Unavailable,
+                                "left before the join was served",
+                            ),
+                        );
+                    }
+                    self.rooms.remove(&room);
+                    return self.reply(&id, &Reply::Left { room });
+                }
                 if !self.rooms.remove(&room) {
                     return self.client_error(
                         ctx,
@@ -401,10 +497,28 @@ impl StreamHandler<Result<WsMessage, ReadError>> for Session {
     }
 }
 
-impl Handler<JoinFailed> for Session {
+impl Handler<JoinDone> for Session {
     type Result = ();
-    fn handle(&mut self, msg: JoinFailed, _ctx: &mut Self::Context) {
-        self.rooms.remove(&msg.0);
+    fn handle(&mut self, msg: JoinDone, ctx: &mut Self::Context) {
+        if !msg.ok {
+            self.rooms.remove(&msg.room);
+        }
+        if self
+            .resume_out
+            .as_ref()
+            .is_some_and(|(r, _)| *r == msg.room)
+        {
+            self.resume_out = None;
+            // Look at the queue on the next check: the replay of this join lands in it
+            // from the same shard batch, which may be drained into it just after this.
+            if !self.resume_timer && !self.resumes.is_empty() {
+                self.resume_timer = true;
+                ctx.run_later(Duration::from_millis(1), |act, ctx| {
+                    act.resume_timer = false;
+                    act.pump_resumes(ctx);
+                });
+            }
+        }
     }
 }
 

@@ -286,6 +286,15 @@ impl Outbox {
     pub fn queued_bytes(&self) -> usize {
         unpack(self.shared.load.load(Ordering::Acquire)).1
     }
+
+    /// Room left before the bounds: `(frames, bytes)`.
+    pub fn room_left(&self) -> (usize, usize) {
+        let (n, b) = unpack(self.shared.load.load(Ordering::Acquire));
+        (
+            self.shared.max_messages.saturating_sub(n),
+            self.shared.max_bytes.saturating_sub(b),
+        )
+    }
 }
 
 const BYTES_BITS: u32 = 40;

@@ -38,6 +38,8 @@ pub const REPLICATION: &str = "roomcast_replication_total";
 pub const DUPLICATE_PUBLISHES: &str = "roomcast_publish_duplicates_total";
 pub const UNDER_REPLICATED: &str = "roomcast_rooms_under_replicated";
 pub const REPLICA_COPIES: &str = "roomcast_room_replica_copies";
+pub const QUORUM: &str = "roomcast_quorum";
+pub const QUORUM_LOSSES: &str = "roomcast_quorum_losses_total";
 pub const CLUSTER_MEMBERS: &str = "roomcast_cluster_members";
 pub const INTERNODE_MESSAGES: &str = "roomcast_internode_messages_total";
 pub const INTERNODE_BYTES: &str = "roomcast_internode_bytes_total";
@@ -138,6 +140,14 @@ fn describe() {
     describe_gauge!(
         REPLICA_COPIES,
         "Copies of other nodes' rooms held here as their replica"
+    );
+    describe_gauge!(
+        QUORUM,
+        "1 while this node sees a majority of the cluster's stable membership and sequences; 0 while it is cut off"
+    );
+    describe_counter!(
+        QUORUM_LOSSES,
+        "Times this node lost the majority of the cluster's stable membership (and stopped sequencing)"
     );
     describe_gauge!(
         CLUSTER_MEMBERS,
@@ -265,6 +275,11 @@ pub fn connections(delta: f64) {
 
 pub fn rooms(delta: f64) {
     metrics::gauge!(ROOMS).increment(delta);
+}
+
+/// Sets gauge `name`.
+pub fn gauge_set(name: &'static str, v: f64) {
+    metrics::gauge!(name).set(v);
 }
 
 /// Adds `delta` to gauge `name`.

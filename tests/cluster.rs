@@ -267,7 +267,8 @@ async fn strict_chaos_sigkills_lose_nothing_acknowledged_and_every_resume_is_rec
     let urls: Vec<String> = c.nodes.iter().map(|n| n.ws_url()).collect();
     let bench = spawn_strict_bench(&urls.join(","), "35s", "15s");
     for &i in &[2usize, 0, 1, 2] {
-        c.wait_replicated().await;
+        // The bench's 6 rooms exist and have their replicas (one failure at a time).
+        c.wait_replicated(6).await;
         let mut args = c.nodes[i].args.clone();
         args.extend([
             "--seed".to_string(),

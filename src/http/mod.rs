@@ -94,5 +94,8 @@ async fn cluster(node: web::Data<NodeContext>) -> HttpResponse {
             "replica_copies": node.shards.replica_copies(),
             "room_replicas": node.config.room_replicas,
         },
+        // Whether this node sees a majority of the cluster's stable membership (else it does
+        // not sequence: docs/OPERATIONS.md, Partitions).
+        "quorum": node.shards.has_quorum(),
     }))
 }

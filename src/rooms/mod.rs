@@ -69,6 +69,8 @@ pub struct Shards {
     under: Arc<[AtomicUsize]>,
     /// Replica copies each shard holds (last tick).
     copies: Arc<[AtomicUsize]>,
+    /// Whether the shards have a quorum (shard 0's view; every shard gets the same views).
+    quorum: Arc<std::sync::atomic::AtomicBool>,
     rt: tokio::runtime::Handle,
 }
 
@@ -87,6 +89,7 @@ impl Shards {
         let unconfirmed: Arc<[AtomicUsize]> = (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect();
         let under: Arc<[AtomicUsize]> = (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect();
         let copies: Arc<[AtomicUsize]> = (0..n.max(1)).map(|_| AtomicUsize::new(0)).collect();
+        let quorum = Arc::new(std::sync::atomic::AtomicBool::new(true));
         for i in 0..n.max(1) {
             let (tx, rx) = mpsc::channel(SHARD_QUEUE);
             let router = Router::new(me.clone(), cfg);
@@ -96,6 +99,7 @@ impl Shards {
                 unconfirmed: unconfirmed.clone(),
                 under: under.clone(),
                 copies: copies.clone(),
+                quorum: quorum.clone(),
             };
             rt.spawn(run_shard(
                 router,
@@ -112,6 +116,7 @@ impl Shards {
             unconfirmed,
             under,
             copies,
+            quorum,
             rt: rt.clone(),
         }
     }
@@ -128,6 +133,11 @@ impl Shards {
     /// Owned rooms with fewer synced replicas than configured (as of the last tick).
     pub fn under_replicated(&self) -> usize {
         self.under.iter().map(|a| a.load(Ordering::Acquire)).sum()
+    }
+
+    /// Whether this node sees a majority of the cluster's stable membership (and sequences).
+    pub fn has_quorum(&self) -> bool {
+        self.quorum.load(Ordering::Acquire)
     }
 
     /// Copies of other nodes' rooms held here (as of the last tick).
@@ -245,6 +255,7 @@ struct Gauges {
     unconfirmed: Arc<[AtomicUsize]>,
     under: Arc<[AtomicUsize]>,
     copies: Arc<[AtomicUsize]>,
+    quorum: Arc<std::sync::atomic::AtomicBool>,
 }
 
 async fn run_shard(
@@ -278,11 +289,27 @@ async fn run_shard(
                 reported.export(&router);
                 gauges.under[idx].store(reported.under, Ordering::Release);
                 gauges.copies[idx].store(reported.copies, Ordering::Release);
+                if idx == 0 {
+                    // Node-wide facts, the same in every shard: exported once.
+                    let q = router.has_quorum();
+                    gauges.quorum.store(q, Ordering::Release);
+                    m::gauge_set(m::QUORUM, if q { 1.0 } else { 0.0 });
+                    let losses = router.stats().quorum_losses;
+                    m::add(m::QUORUM_LOSSES, losses - reported.quorum_losses);
+                    reported.quorum_losses = losses;
+                }
             }
         }
         // Everything this step batch produced for local connections, one handoff per worker.
         batch.flush(&workers);
-        gauges.owned[idx].store(router.owned_rooms(), Ordering::Release);
+        let owned = router.owned_rooms();
+        if router.take_replication_changed() || gauges.owned[idx].load(Ordering::Relaxed) != owned {
+            // Fresh for `/cluster` (tests and chaos scripts wait on it between failures); the
+            // Prometheus gauges follow on the next tick.
+            gauges.under[idx].store(router.under_replicated(), Ordering::Release);
+            gauges.copies[idx].store(router.replica_copies(), Ordering::Release);
+        }
+        gauges.owned[idx].store(owned, Ordering::Release);
         gauges.unconfirmed[idx].store(router.unconfirmed_handoffs(), Ordering::Release);
     }
     tracing::debug!(shard = idx, "room shard stopped");
@@ -383,6 +410,7 @@ fn step(
 #[derive(Default)]
 struct Reported {
     rooms: usize,
+    quorum_losses: u64,
     under: usize,
     copies: usize,
     stats: RouterStats,

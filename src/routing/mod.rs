@@ -216,6 +216,9 @@ pub struct Router<H> {
     stable: Vec<NodeId>,
     /// Whether this node sees a majority of `stable` (else it is fenced: no sequencing).
     quorum: bool,
+    /// Replica sets, syncs or copies changed since the driver last asked (it then recounts
+    /// the under-replicated rooms, an O(rooms) walk it does not want after every step).
+    replication_changed: bool,
     member_rooms: Map<RoomId, MemberRoom<H>>,
     owned: Map<RoomId, OwnedRoom>,
     /// This node's copies of rooms it replicates for their owners.
@@ -250,6 +253,7 @@ impl<H: Clone> Router<H> {
             view_changed_us: 0,
             stable: Vec::new(),
             quorum: true,
+            replication_changed: false,
             member_rooms: Map::default(),
             owned: Map::default(),
             copies: Map::default(),
@@ -287,8 +291,7 @@ impl<H: Clone> Router<H> {
                 req: req.clone(),
                 reply: Reply::error(
                     crate::protocol::ErrorCode::Unavailable,
-                    "this node cannot reach a majority of the cluster (a network partition?); \
-                     it does not sequence until it can; retry, or reconnect to another node",
+                    self.fenced_reason(),
                 ),
             });
             if let Input::Join { handle, room, .. } = input {

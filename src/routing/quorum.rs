@@ -64,7 +64,7 @@ impl<H: Clone> Router<H> {
     }
 
     /// After a view change: members that announced a drain and left leave the stable
-    /// membership at once; the first view is stable at once.
+    /// membership at once; the first view with owners in it is stable at once.
     pub(super) fn view_changed_quorum(
         &mut self,
         left_draining: &[NodeId],
@@ -73,10 +73,20 @@ impl<H: Clone> Router<H> {
         if self.quorum {
             self.stable.retain(|n| !left_draining.contains(n));
         }
-        if self.stable.is_empty() {
+        if self.stable.is_empty() && !self.members.is_empty() {
             self.stable = self.live.clone();
         }
         self.check_quorum(out);
+    }
+
+    /// Why this node does not sequence now (for its clients' `unavailable`).
+    pub(super) fn fenced_reason(&self) -> &'static str {
+        if self.members.is_empty() {
+            "this node has not joined the cluster yet (no node may own rooms in its view); retry"
+        } else {
+            "this node cannot reach a majority of the cluster (a network partition?); it does \
+             not sequence until it can; retry, or reconnect to another node"
+        }
     }
 
     /// On each tick: a live set unchanged for long enough, seen with a quorum, becomes the
@@ -94,11 +104,18 @@ impl<H: Clone> Router<H> {
     }
 
     fn check_quorum(&mut self, out: &mut Vec<Action<H>>) {
-        let q = has_quorum(&self.stable, &self.live, &self.me);
+        // A node with a view but no node in it that may own rooms (it is starting and has not
+        // met the cluster yet) must not sequence either: it would own every room alone.
+        let q = has_quorum(&self.stable, &self.live, &self.me)
+            && (self.live.is_empty() || !self.members.is_empty());
         if q == self.quorum {
             return;
         }
         self.quorum = q;
+        if self.stable.is_empty() {
+            // Starting: nothing to lose or resume yet.
+            return;
+        }
         if q {
             tracing::warn!(live = ?self.live, stable = ?self.stable, "a majority of the cluster is reachable again: sequencing resumes");
         } else {
@@ -113,6 +130,7 @@ impl<H: Clone> Router<H> {
 
     /// Stops sequencing: forgets owned rooms and replica copies, refuses what waited for them.
     fn fence(&mut self, out: &mut Vec<Action<H>>) {
+        self.replication_changed = true;
         let owned = std::mem::take(&mut self.owned);
         for (_, r) in owned {
             for (from, msg) in r.held {

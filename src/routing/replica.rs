@@ -185,6 +185,7 @@ impl<H: Clone> Router<H> {
     /// no longer wanted are told to forget their copy; then commits what the set allows.
     pub(super) fn refresh_replicas(&mut self, room: &RoomId, out: &mut Vec<Action<H>>) {
         let targets = self.replica_targets(room);
+        self.replication_changed = true;
         let Some(r) = self.owned.get_mut(room) else {
             return;
         };
@@ -254,6 +255,7 @@ impl<H: Clone> Router<H> {
         if let Some(p) = r.replicas.iter_mut().find(|p| p.node == node) {
             p.syncing = true;
         }
+        self.replication_changed = true;
         let state = r.sync_state();
         self.stats.replica_syncs += 1;
         self.send(
@@ -386,6 +388,7 @@ impl<H: Clone> Router<H> {
             p.acked = p.acked.max(ack.seq);
             let synced = std::mem::take(&mut p.syncing);
             if synced {
+                self.replication_changed = true;
                 self.retire_leaving(&ack.room, out);
                 self.flush_confirms(&ack.room, out);
             }
@@ -492,6 +495,7 @@ impl<H: Clone> Router<H> {
             history.push(e, &limits);
         }
         let (epoch, seq) = (s.epoch.clone(), s.seq);
+        self.replication_changed = true;
         self.copies.insert(
             m.room.clone(),
             RoomCopy {
@@ -510,6 +514,7 @@ impl<H: Clone> Router<H> {
     pub(super) fn on_replica_drop(&mut self, from: &NodeId, m: ReplicaDrop) {
         if self.copies.get(&m.room).is_some_and(|c| c.owner == *from) {
             self.copies.remove(&m.room);
+            self.replication_changed = true;
         }
     }
 
@@ -535,6 +540,7 @@ impl<H: Clone> Router<H> {
     /// its tail committed before reads are served); copies of rooms this node no longer
     /// replicates are dropped; every owned room's replica set follows the view.
     pub(super) fn members_changed_replica_side(&mut self, out: &mut Vec<Action<H>>) {
+        self.replication_changed = true;
         let rooms: Vec<RoomId> = self.copies.keys().cloned().collect();
         for room in rooms {
             let owner_alive = self
@@ -606,6 +612,11 @@ impl<H: Clone> Router<H> {
         for c in self.copies.values_mut() {
             c.history.expire(now, &limits);
         }
+    }
+
+    /// Whether replica sets, syncs or copies changed since the last call.
+    pub fn take_replication_changed(&mut self) -> bool {
+        std::mem::take(&mut self.replication_changed)
     }
 
     /// Copies of other nodes' rooms this node holds.

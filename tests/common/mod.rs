@@ -707,15 +707,21 @@ impl Cluster {
         }
     }
 
-    /// Waits until no node has a room with fewer synced replicas than configured: the cluster
-    /// re-replicated after the last failure and can lose another node.
-    pub async fn wait_replicated(&self) {
-        for n in &self.nodes {
-            wait_until("rooms replicated", || async {
-                n.get_json("/cluster").await["rooms"]["under_replicated"] == 0
-            })
-            .await;
-        }
+    /// Waits until at least `rooms` rooms exist and no node has a room with fewer synced
+    /// replicas than configured: the cluster (re-)replicated and can lose a node.
+    pub async fn wait_replicated(&self, rooms: u64) {
+        wait_until("rooms replicated", || async {
+            let mut owned = 0;
+            for n in &self.nodes {
+                let v = n.get_json("/cluster").await;
+                if v["rooms"]["under_replicated"] != 0 {
+                    return false;
+                }
+                owned += v["rooms"]["owned"].as_u64().unwrap_or(0);
+            }
+            owned >= rooms
+        })
+        .await;
     }
 
     /// Waits until every node sees every node live.

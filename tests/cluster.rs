@@ -722,13 +722,13 @@ mod fake_peer {
         .await;
         // A publish whose data is not JSON.
         let mut f = accepted(&node).await;
-        let msg = roomcast::routing::PeerMsg::Publish {
+        let msg = roomcast::routing::PeerMsg::Publish(roomcast::routing::Publish {
             room: roomcast::ids::RoomId::new("r").unwrap(),
             token: 1,
             from: serde_json::from_str("\"fake-peer/1\"").unwrap(),
             data: "{not json".into(),
             key: None,
-        };
+        });
         f.send(codec::encode(&Frame::Msg(msg)).unwrap())
             .await
             .unwrap();
@@ -740,9 +740,9 @@ mod fake_peer {
         .await;
         // A well-formed message from the fake peer is accepted (it is an authenticated peer).
         let mut f = accepted(&node).await;
-        let msg = roomcast::routing::PeerMsg::Unsubscribe {
+        let msg = roomcast::routing::PeerMsg::Unsubscribe(roomcast::routing::Unsubscribe {
             room: roomcast::ids::RoomId::new("r").unwrap(),
-        };
+        });
         f.send(codec::encode(&Frame::Msg(msg)).unwrap())
             .await
             .unwrap();

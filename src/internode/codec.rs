@@ -186,6 +186,7 @@ pub fn proof_ok(expected: &[u8; TAG_LEN], got: &[u8; TAG_LEN]) -> bool {
 mod tests {
     use super::*;
     use crate::ids::{Epoch, RoomId};
+    use crate::routing::Event;
 
     #[test]
     fn frames_round_trip() {
@@ -198,13 +199,13 @@ mod tests {
                 nonce: [3; NONCE_LEN],
             },
             Frame::Accept,
-            Frame::Msg(PeerMsg::Event {
+            Frame::Msg(PeerMsg::Event(Event {
                 room: RoomId::new("r").unwrap(),
                 epoch: Epoch::from_wire("ab-1"),
                 seq: 9,
                 accepted_us: 1,
                 frame: "{}".into(),
-            }),
+            })),
         ];
         for f in frames {
             let b = encode(&f).unwrap();

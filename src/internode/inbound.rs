@@ -16,7 +16,7 @@ use super::handshake::{self, ServerStep};
 use super::{HANDSHAKE_TIMEOUT, Peers, READ_BATCH, length_codec};
 use crate::ids::NodeId;
 use crate::metrics as m;
-use crate::routing::PeerMsg;
+use crate::routing::{PeerMsg, Publish};
 
 /// Accepts internode connections until the listener fails.
 pub async fn serve(listener: TcpListener, peers: Peers) {
@@ -176,7 +176,7 @@ fn forget_inbound(peers: &Peers, peer: &NodeId, conn_id: u64) {
 
 /// Checks what the routing layer trusts a message to be (it writes `data` into client frames).
 fn validate(msg: &PeerMsg) -> Result<(), &'static str> {
-    if let PeerMsg::Publish { data, .. } = msg
+    if let PeerMsg::Publish(Publish { data, .. }) = msg
         && serde_json::from_str::<serde::de::IgnoredAny>(data).is_err()
     {
         return Err("publish data is not JSON");

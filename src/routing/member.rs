@@ -11,7 +11,11 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
-use super::{Action, EvictReason, HistEntry, PeerError, PeerMsg, Router, Subscribers};
+use super::message::{
+    Event, HistoryReq, HistoryResp, Publish, PublishAck, Refused, Subscribe, SubscribeAck,
+    Unsubscribe,
+};
+use super::{Action, EvictReason, PeerError, PeerMsg, Router, Subscribers};
 use crate::ids::{ConnId, ConnName, Epoch, NodeId, RoomId};
 use crate::protocol::encode::Reply;
 use crate::protocol::{ErrorCode, ReqId};
@@ -103,19 +107,19 @@ enum ReqKind {
 impl ReqKind {
     fn to_msg(&self, room: &RoomId, token: u64) -> PeerMsg {
         match self {
-            ReqKind::Publish { from, data, key } => PeerMsg::Publish {
+            ReqKind::Publish { from, data, key } => PeerMsg::Publish(Publish {
                 room: room.clone(),
                 token,
                 from: from.clone(),
                 data: data.clone(),
                 key: key.clone(),
-            },
-            ReqKind::History { since, limit } => PeerMsg::HistoryReq {
+            }),
+            ReqKind::History { since, limit } => PeerMsg::HistoryReq(HistoryReq {
                 room: room.clone(),
                 token,
                 since: *since,
                 limit: *limit,
-            },
+            }),
         }
     }
 }
@@ -201,12 +205,12 @@ impl<H: Clone> Router<H> {
         if !parked {
             let token = self.token();
             pj.sent = Some((token, owner.clone()));
-            let msg = PeerMsg::Subscribe {
+            let msg = PeerMsg::Subscribe(Subscribe {
                 room: room.clone(),
                 token,
                 since: pj.since,
                 epoch: pj.epoch.clone(),
-            };
+            });
             self.room_mut(&room).joins.push(pj);
             self.send(owner, msg, out);
         } else {
@@ -289,7 +293,11 @@ impl<H: Clone> Router<H> {
         }
         for o in owners {
             if self.is_member(&o) {
-                self.send(o, PeerMsg::Unsubscribe { room: room.clone() }, out);
+                self.send(
+                    o,
+                    PeerMsg::Unsubscribe(Unsubscribe { room: room.clone() }),
+                    out,
+                );
             }
         }
     }
@@ -477,31 +485,33 @@ impl<H: Clone> Router<H> {
 
     // ---------------------------------------------------------------- owner replies
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_subscribe_ack(
         &mut self,
         from: NodeId,
-        room: RoomId,
-        token: u64,
-        epoch: Epoch,
-        seq: u64,
-        history: Vec<HistEntry>,
-        recovered: bool,
+        ack: SubscribeAck,
         out: &mut Vec<Action<H>>,
     ) {
-        let Some(r) = self.member_rooms.get_mut(&room) else {
+        let Some(r) = self.member_rooms.get_mut(&ack.room) else {
             return; // We left meanwhile and already sent Unsubscribe.
         };
         // A resync's acknowledgement?
         if let Feed::Resyncing {
             owner, token: t, ..
         } = &r.feed
-            && *t == token
+            && *t == ack.token
             && *owner == from
         {
-            self.finish_resync(from, room, epoch, seq, history, recovered, out);
+            self.finish_resync(from, ack, out);
             return;
         }
+        let SubscribeAck {
+            room,
+            token,
+            epoch,
+            seq,
+            history,
+            recovered,
+        } = ack;
         let Some(i) = r.joins.iter().position(|j| {
             j.sent
                 .as_ref()
@@ -563,22 +573,19 @@ impl<H: Clone> Router<H> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_event(
-        &mut self,
-        from: NodeId,
-        room: RoomId,
-        epoch: Epoch,
-        seq: u64,
-        accepted_us: u64,
-        frame: ByteString,
-        out: &mut Vec<Action<H>>,
-    ) {
+    pub(super) fn on_event(&mut self, from: NodeId, ev: Event, out: &mut Vec<Action<H>>) {
+        let Event {
+            room,
+            epoch,
+            seq,
+            accepted_us,
+            frame,
+        } = ev;
         let Some(r) = self.member_rooms.get_mut(&room) else {
             // Nobody here wants this room (our Unsubscribe was lost, or we restarted): tell the
             // sender so it stops.
             self.stats.stale_events += 1;
-            self.send(from, PeerMsg::Unsubscribe { room }, out);
+            self.send(from, PeerMsg::Unsubscribe(Unsubscribe { room }), out);
             return;
         };
         let mut resync_at: Option<NodeId> = None;
@@ -650,27 +657,25 @@ impl<H: Clone> Router<H> {
         };
         self.send(
             owner,
-            PeerMsg::Subscribe {
+            PeerMsg::Subscribe(Subscribe {
                 room: room.clone(),
                 token,
                 since: Some(seq),
                 epoch: Some(epoch),
-            },
+            }),
             out,
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish_resync(
-        &mut self,
-        from: NodeId,
-        room: RoomId,
-        epoch: Epoch,
-        seq: u64,
-        history: Vec<HistEntry>,
-        recovered: bool,
-        out: &mut Vec<Action<H>>,
-    ) {
+    fn finish_resync(&mut self, from: NodeId, ack: SubscribeAck, out: &mut Vec<Action<H>>) {
+        let SubscribeAck {
+            room,
+            epoch,
+            seq,
+            history,
+            recovered,
+            ..
+        } = ack;
         let Some(r) = self.member_rooms.get_mut(&room) else {
             return;
         };
@@ -751,12 +756,12 @@ impl<H: Clone> Router<H> {
                 let token = next;
                 next += 1;
                 j.sent = Some((token, owner.clone()));
-                msgs.push(PeerMsg::Subscribe {
+                msgs.push(PeerMsg::Subscribe(Subscribe {
                     room: room.clone(),
                     token,
                     since: j.since,
                     epoch: j.epoch.clone(),
-                });
+                }));
             }
         }
         self.next_token = next;
@@ -765,13 +770,8 @@ impl<H: Clone> Router<H> {
         }
     }
 
-    pub(super) fn on_publish_ack(
-        &mut self,
-        room: RoomId,
-        token: u64,
-        seq: u64,
-        out: &mut Vec<Action<H>>,
-    ) {
+    pub(super) fn on_publish_ack(&mut self, ack: PublishAck, out: &mut Vec<Action<H>>) {
+        let PublishAck { room, token, seq } = ack;
         if let Some(p) = self.take_pending(token) {
             out.push(Action::Reply {
                 to: p.handle,
@@ -785,17 +785,15 @@ impl<H: Clone> Router<H> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_history_resp(
-        &mut self,
-        room: RoomId,
-        token: u64,
-        epoch: Epoch,
-        seq: u64,
-        history: Vec<HistEntry>,
-        recovered: bool,
-        out: &mut Vec<Action<H>>,
-    ) {
+    pub(super) fn on_history_resp(&mut self, resp: HistoryResp, out: &mut Vec<Action<H>>) {
+        let HistoryResp {
+            room,
+            token,
+            epoch,
+            seq,
+            history,
+            recovered,
+        } = resp;
         if let Some(p) = self.take_pending(token) {
             out.push(Action::Reply {
                 to: p.handle,
@@ -814,15 +812,13 @@ impl<H: Clone> Router<H> {
     /// A request was not served. `NotOwner` means the room is moving: the request is re-sent
     /// at once to the node `hint` names, or parked until the view changes or `RETRY_US`
     /// passed — never failed before its deadline. `Unavailable` (an overloaded owner) fails it.
-    pub(super) fn on_refused(
-        &mut self,
-        from: NodeId,
-        room: RoomId,
-        token: u64,
-        error: PeerError,
-        hint: Option<NodeId>,
-        out: &mut Vec<Action<H>>,
-    ) {
+    pub(super) fn on_refused(&mut self, from: NodeId, r: Refused, out: &mut Vec<Action<H>>) {
+        let Refused {
+            room,
+            token,
+            error,
+            owner: hint,
+        } = r;
         let moving = error == PeerError::NotOwner;
         // A hint names the node the room was handed to; the refusing node has a link to it
         // even when this node's view has not met it yet.
@@ -958,7 +954,11 @@ impl<H: Clone> Router<H> {
             // Withdraw interest from a previous owner that is still alive.
             for o in old_owners {
                 if !departed.contains(&o) && self.is_member(&o) {
-                    self.send(o, PeerMsg::Unsubscribe { room: room.clone() }, out);
+                    self.send(
+                        o,
+                        PeerMsg::Unsubscribe(Unsubscribe { room: room.clone() }),
+                        out,
+                    );
                 }
             }
             if resync {

@@ -84,117 +84,157 @@ pub struct ReplicaDrop {
     pub room: RoomId,
 }
 
-/// One member ↔ owner (or owner ↔ owner) message.
+// ---- member → owner ----
+
+/// Register interest in `room` (idempotent) and reply with the room's position and, with
+/// `since`, the history after it. Interest holds until `Unsubscribe`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscribe {
+    pub room: RoomId,
+    pub token: u64,
+    pub since: Option<u64>,
+    /// The epoch `since` belongs to; a mismatch means the history since the start of the
+    /// current epoch is sent and `recovered` is false.
+    pub epoch: Option<Epoch>,
+}
+
+/// Withdraw interest in `room`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unsubscribe {
+    pub room: RoomId,
+}
+
+/// Sequence `data` (raw JSON) into `room`. (`ByteString`: a member keeps a copy to re-send the
+/// publish if the owner refuses it while the room moves; cloning it is a refcount.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Publish {
+    pub room: RoomId,
+    pub token: u64,
+    pub from: ConnName,
+    pub data: ByteString,
+    /// The client's idempotency key: a publish whose key the room has seen is answered with
+    /// the original seq instead of being sequenced again.
+    pub key: Option<ByteString>,
+}
+
+/// Read history after `since`, at most `limit` messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryReq {
+    pub room: RoomId,
+    pub token: u64,
+    pub since: u64,
+    pub limit: u64,
+}
+
+// ---- owner → member ----
+
+/// Reply to `Subscribe`: every event up to `seq` was sent before this message, every later one
+/// will follow it, so a subscriber that gets `history` then the live feed has no gap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubscribeAck {
+    pub room: RoomId,
+    pub token: u64,
+    pub epoch: Epoch,
+    pub seq: u64,
+    pub history: Vec<HistEntry>,
+    pub recovered: bool,
+}
+
+/// One committed message, sent once to each interested node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub room: RoomId,
+    pub epoch: Epoch,
+    pub seq: u64,
+    pub accepted_us: u64,
+    pub frame: ByteString,
+}
+
+/// Reply to `Publish`: the assigned seq (sent once the message is committed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishAck {
+    pub room: RoomId,
+    pub token: u64,
+    pub seq: u64,
+}
+
+/// Reply to `HistoryReq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryResp {
+    pub room: RoomId,
+    pub token: u64,
+    pub epoch: Epoch,
+    pub seq: u64,
+    pub history: Vec<HistEntry>,
+    pub recovered: bool,
+}
+
+/// A request could not be served (and was not: a refused publish was not sequenced, so
+/// re-sending it is safe). `owner`: where the refusing node handed the room, when it knows —
+/// the requester re-sends there at once instead of waiting for its view to catch up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refused {
+    pub room: RoomId,
+    pub token: u64,
+    pub error: PeerError,
+    pub owner: Option<NodeId>,
+}
+
+// ---- owner → owner ----
+
+/// A node about to own `room` asks a node that may have owned it for its state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffQuery {
+    pub room: RoomId,
+}
+
+/// The state of `room` (`None`: the sender has none). Sent in answer to `HandoffQuery`, or
+/// unasked when the sender stops owning the room while alive (a node joined, or the sender is
+/// draining). The sender stops sequencing the room before it snapshots the state and keeps
+/// the snapshot until the receiver confirms it with `HandoffAck`: a link reset or a departed
+/// receiver makes it send the snapshot again (to the room's owner then). A replica answers a
+/// query with its copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Handoff {
+    pub room: RoomId,
+    pub state: Option<RoomState>,
+}
+
+/// The receiver of a `Handoff` holds the state (or a later one of the same epoch), with its
+/// replicas synced: the sender may forget its snapshot. Drain waits for these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffAck {
+    pub room: RoomId,
+    pub epoch: Epoch,
+    pub seq: u64,
+}
+
+/// Answer to `HandoffQuery`: the sender handed the room's state to `to` and `to` has not
+/// confirmed it yet — ask `to` (again, until it has it) instead of concluding nobody has the
+/// room and opening a new epoch beside it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffMoving {
+    pub room: RoomId,
+    pub to: NodeId,
+}
+
+/// One member ↔ owner, owner ↔ owner or owner ↔ replica message. Each variant is a struct
+/// passed whole to its handler.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PeerMsg {
-    // ---- member → owner ----
-    /// Register interest in `room` (idempotent) and reply with the room's position and, with
-    /// `since`, the history after it. Interest holds until `Unsubscribe`.
-    Subscribe {
-        room: RoomId,
-        token: u64,
-        since: Option<u64>,
-        /// The epoch `since` belongs to; a mismatch means the history since the start of the
-        /// current epoch is sent and `recovered` is false.
-        epoch: Option<Epoch>,
-    },
-    /// Withdraw interest in `room`.
-    Unsubscribe {
-        room: RoomId,
-    },
-    /// Sequence `data` (raw JSON) into `room`. (`ByteString`: a member keeps a copy to re-send
-    /// the publish if the owner refuses it while the room moves; cloning it is a refcount.)
-    Publish {
-        room: RoomId,
-        token: u64,
-        from: ConnName,
-        data: ByteString,
-        /// The client's idempotency key: a publish whose key the room has seen is answered
-        /// with the original seq instead of being sequenced again.
-        key: Option<ByteString>,
-    },
-    /// Read history after `since`, at most `limit` messages.
-    HistoryReq {
-        room: RoomId,
-        token: u64,
-        since: u64,
-        limit: u64,
-    },
-
-    // ---- owner → member ----
-    /// Reply to `Subscribe`: every event up to `seq` was sent before this message, every later
-    /// one will follow it, so a subscriber that gets `history` then the live feed has no gap.
-    SubscribeAck {
-        room: RoomId,
-        token: u64,
-        epoch: Epoch,
-        seq: u64,
-        history: Vec<HistEntry>,
-        recovered: bool,
-    },
-    /// One sequenced message, sent once to each interested node.
-    Event {
-        room: RoomId,
-        epoch: Epoch,
-        seq: u64,
-        accepted_us: u64,
-        frame: ByteString,
-    },
-    /// Reply to `Publish`: the assigned seq.
-    PublishAck {
-        room: RoomId,
-        token: u64,
-        seq: u64,
-    },
-    /// Reply to `HistoryReq`.
-    HistoryResp {
-        room: RoomId,
-        token: u64,
-        epoch: Epoch,
-        seq: u64,
-        history: Vec<HistEntry>,
-        recovered: bool,
-    },
-    /// A request could not be served (and was not: a refused publish was not sequenced, so
-    /// re-sending it is safe). `owner`: where the refusing node handed the room, when it knows
-    /// — the requester re-sends there at once instead of waiting for its view to catch up.
-    Refused {
-        room: RoomId,
-        token: u64,
-        error: PeerError,
-        owner: Option<NodeId>,
-    },
-
-    // ---- owner → owner ----
-    /// A node about to own `room` asks a node that may have owned it for its state.
-    HandoffQuery {
-        room: RoomId,
-    },
-    /// The state of `room` (`None`: the sender has none). Sent in answer to `HandoffQuery`, or
-    /// unasked when the sender stops owning the room while alive (a node joined, or the
-    /// sender is draining). The sender stops sequencing the room before it snapshots the state
-    /// and keeps the snapshot until the receiver confirms it with `HandoffAck`: a link reset
-    /// or a departed receiver makes it send the snapshot again (to the room's owner then).
-    Handoff {
-        room: RoomId,
-        state: Option<RoomState>,
-    },
-    /// The receiver of a `Handoff` holds the state (or a later one of the same epoch): the
-    /// sender may forget its snapshot. Drain waits for these, not for empty queues.
-    HandoffAck {
-        room: RoomId,
-        epoch: Epoch,
-        seq: u64,
-    },
-    /// Answer to `HandoffQuery`: the sender handed the room's state to `to` and `to` has not
-    /// confirmed it yet — ask `to` (again, until it has it) instead of concluding nobody has
-    /// the room and opening a new epoch beside it.
-    HandoffMoving {
-        room: RoomId,
-        to: NodeId,
-    },
-
-    // ---- owner ↔ replica ----
+    Subscribe(Subscribe),
+    Unsubscribe(Unsubscribe),
+    Publish(Publish),
+    HistoryReq(HistoryReq),
+    SubscribeAck(SubscribeAck),
+    Event(Event),
+    PublishAck(PublishAck),
+    HistoryResp(HistoryResp),
+    Refused(Refused),
+    HandoffQuery(HandoffQuery),
+    Handoff(Handoff),
+    HandoffAck(HandoffAck),
+    HandoffMoving(HandoffMoving),
     Replicate(Replicate),
     ReplicaSync(ReplicaSync),
     ReplicaAck(ReplicaAck),
@@ -206,19 +246,19 @@ impl PeerMsg {
     /// the receiving node picks the shard that handles it).
     pub fn room(&self) -> &RoomId {
         match self {
-            PeerMsg::Subscribe { room, .. }
-            | PeerMsg::Unsubscribe { room }
-            | PeerMsg::Publish { room, .. }
-            | PeerMsg::HistoryReq { room, .. }
-            | PeerMsg::SubscribeAck { room, .. }
-            | PeerMsg::Event { room, .. }
-            | PeerMsg::PublishAck { room, .. }
-            | PeerMsg::HistoryResp { room, .. }
-            | PeerMsg::Refused { room, .. }
-            | PeerMsg::HandoffQuery { room }
-            | PeerMsg::Handoff { room, .. }
-            | PeerMsg::HandoffAck { room, .. }
-            | PeerMsg::HandoffMoving { room, .. } => room,
+            PeerMsg::Subscribe(m) => &m.room,
+            PeerMsg::Unsubscribe(m) => &m.room,
+            PeerMsg::Publish(m) => &m.room,
+            PeerMsg::HistoryReq(m) => &m.room,
+            PeerMsg::SubscribeAck(m) => &m.room,
+            PeerMsg::Event(m) => &m.room,
+            PeerMsg::PublishAck(m) => &m.room,
+            PeerMsg::HistoryResp(m) => &m.room,
+            PeerMsg::Refused(m) => &m.room,
+            PeerMsg::HandoffQuery(m) => &m.room,
+            PeerMsg::Handoff(m) => &m.room,
+            PeerMsg::HandoffAck(m) => &m.room,
+            PeerMsg::HandoffMoving(m) => &m.room,
             PeerMsg::Replicate(m) => &m.room,
             PeerMsg::ReplicaSync(m) => &m.room,
             PeerMsg::ReplicaAck(m) => &m.room,
@@ -230,8 +270,8 @@ impl PeerMsg {
     pub fn approx_size(&self) -> usize {
         let hist = |h: &Vec<HistEntry>| h.iter().map(|e| e.frame.len() + 24).sum::<usize>();
         64 + match self {
-            PeerMsg::Publish { data, key, .. } => data.len() + key.as_ref().map_or(0, |k| k.len()),
-            PeerMsg::Event { frame, .. } => frame.len(),
+            PeerMsg::Publish(m) => m.data.len() + m.key.as_ref().map_or(0, |k| k.len()),
+            PeerMsg::Event(m) => m.frame.len(),
             PeerMsg::Replicate(m) => m.frame.len() + m.key.as_ref().map_or(0, |k| k.len()),
             PeerMsg::ReplicaSync(m) => {
                 hist(&m.state.history)
@@ -241,10 +281,9 @@ impl PeerMsg {
                         .map(|(k, _)| k.len() + 16)
                         .sum::<usize>()
             }
-            PeerMsg::SubscribeAck { history, .. } | PeerMsg::HistoryResp { history, .. } => {
-                hist(history)
-            }
-            PeerMsg::Handoff { state: Some(s), .. } => {
+            PeerMsg::SubscribeAck(m) => hist(&m.history),
+            PeerMsg::HistoryResp(m) => hist(&m.history),
+            PeerMsg::Handoff(Handoff { state: Some(s), .. }) => {
                 hist(&s.history) + s.keys.iter().map(|(k, _)| k.len() + 16).sum::<usize>()
             }
             _ => 0,
@@ -254,19 +293,19 @@ impl PeerMsg {
     /// A short name for logs and metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
-            PeerMsg::Subscribe { .. } => "subscribe",
-            PeerMsg::Unsubscribe { .. } => "unsubscribe",
-            PeerMsg::Publish { .. } => "publish",
-            PeerMsg::HistoryReq { .. } => "history_req",
-            PeerMsg::SubscribeAck { .. } => "subscribe_ack",
-            PeerMsg::Event { .. } => "event",
-            PeerMsg::PublishAck { .. } => "publish_ack",
-            PeerMsg::HistoryResp { .. } => "history_resp",
-            PeerMsg::Refused { .. } => "refused",
-            PeerMsg::HandoffQuery { .. } => "handoff_query",
-            PeerMsg::Handoff { .. } => "handoff",
-            PeerMsg::HandoffAck { .. } => "handoff_ack",
-            PeerMsg::HandoffMoving { .. } => "handoff_moving",
+            PeerMsg::Subscribe(_) => "subscribe",
+            PeerMsg::Unsubscribe(_) => "unsubscribe",
+            PeerMsg::Publish(_) => "publish",
+            PeerMsg::HistoryReq(_) => "history_req",
+            PeerMsg::SubscribeAck(_) => "subscribe_ack",
+            PeerMsg::Event(_) => "event",
+            PeerMsg::PublishAck(_) => "publish_ack",
+            PeerMsg::HistoryResp(_) => "history_resp",
+            PeerMsg::Refused(_) => "refused",
+            PeerMsg::HandoffQuery(_) => "handoff_query",
+            PeerMsg::Handoff(_) => "handoff",
+            PeerMsg::HandoffAck(_) => "handoff_ack",
+            PeerMsg::HandoffMoving(_) => "handoff_moving",
             PeerMsg::Replicate(_) => "replicate",
             PeerMsg::ReplicaSync(_) => "replica_sync",
             PeerMsg::ReplicaAck(_) => "replica_ack",

@@ -57,7 +57,11 @@ use crate::ids::{ConnId, ConnName, Epoch, NodeId, RoomId};
 use crate::protocol::ReqId;
 use crate::protocol::encode::Reply;
 pub use history::{HistEntry, HistoryLimits};
-pub use message::{PeerError, PeerMsg, ReplicaAck, ReplicaDrop, ReplicaSync, Replicate, RoomState};
+pub use message::{
+    Event, Handoff, HandoffAck, HandoffMoving, HandoffQuery, HistoryReq, HistoryResp, PeerError,
+    PeerMsg, Publish, PublishAck, Refused, ReplicaAck, ReplicaDrop, ReplicaSync, Replicate,
+    RoomState, Subscribe, SubscribeAck, Unsubscribe,
+};
 pub use replica::KEY_WINDOW;
 
 use member::{MemberRoom, PendingReq};
@@ -421,44 +425,19 @@ impl<H: Clone> Router<H> {
 
     fn on_peer(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
         match msg {
-            PeerMsg::Subscribe { .. }
-            | PeerMsg::Unsubscribe { .. }
-            | PeerMsg::Publish { .. }
-            | PeerMsg::HistoryReq { .. } => self.on_owner_msg(from, msg, out),
-            PeerMsg::SubscribeAck {
-                room,
-                token,
-                epoch,
-                seq,
-                history,
-                recovered,
-            } => self.on_subscribe_ack(from, room, token, epoch, seq, history, recovered, out),
-            PeerMsg::Event {
-                room,
-                epoch,
-                seq,
-                accepted_us,
-                frame,
-            } => self.on_event(from, room, epoch, seq, accepted_us, frame, out),
-            PeerMsg::PublishAck { room, token, seq } => self.on_publish_ack(room, token, seq, out),
-            PeerMsg::HistoryResp {
-                room,
-                token,
-                epoch,
-                seq,
-                history,
-                recovered,
-            } => self.on_history_resp(room, token, epoch, seq, history, recovered, out),
-            PeerMsg::Refused {
-                room,
-                token,
-                error,
-                owner,
-            } => self.on_refused(from, room, token, error, owner, out),
-            PeerMsg::HandoffQuery { room } => self.on_handoff_query(from, room, out),
-            PeerMsg::Handoff { room, state } => self.on_handoff(from, room, state, out),
-            PeerMsg::HandoffAck { room, .. } => self.on_handoff_ack(from, room, out),
-            PeerMsg::HandoffMoving { room, to } => self.on_handoff_moving(from, room, to, out),
+            PeerMsg::Subscribe(_)
+            | PeerMsg::Unsubscribe(_)
+            | PeerMsg::Publish(_)
+            | PeerMsg::HistoryReq(_) => self.on_owner_msg(from, msg, out),
+            PeerMsg::SubscribeAck(m) => self.on_subscribe_ack(from, m, out),
+            PeerMsg::Event(m) => self.on_event(from, m, out),
+            PeerMsg::PublishAck(m) => self.on_publish_ack(m, out),
+            PeerMsg::HistoryResp(m) => self.on_history_resp(m, out),
+            PeerMsg::Refused(m) => self.on_refused(from, m, out),
+            PeerMsg::HandoffQuery(m) => self.on_handoff_query(from, m, out),
+            PeerMsg::Handoff(m) => self.on_handoff(from, m, out),
+            PeerMsg::HandoffAck(m) => self.on_handoff_ack(from, m, out),
+            PeerMsg::HandoffMoving(m) => self.on_handoff_moving(from, m, out),
             PeerMsg::Replicate(m) => self.on_replicate(from, m, out),
             PeerMsg::ReplicaSync(m) => self.on_replica_sync(from, m, out),
             PeerMsg::ReplicaAck(m) => self.on_replica_ack(from, m, out),

@@ -22,6 +22,10 @@
 use std::collections::VecDeque;
 
 use super::history::History;
+use super::message::{
+    Handoff, HandoffAck, HandoffMoving, HandoffQuery, HistoryReq, HistoryResp, Publish, PublishAck,
+    Refused, Subscribe, SubscribeAck, Unsubscribe,
+};
 use super::replica::{Keys, Progress};
 use super::{Action, HistEntry, PeerError, PeerMsg, RoomState, Router};
 use crate::ids::{Epoch, NodeId, RoomId};
@@ -224,7 +228,11 @@ impl<H: Clone> Router<H> {
             return Ownership::Ready;
         }
         for c in &candidates {
-            self.send(c.clone(), PeerMsg::HandoffQuery { room: room.clone() }, out);
+            self.send(
+                c.clone(),
+                PeerMsg::HandoffQuery(HandoffQuery { room: room.clone() }),
+                out,
+            );
         }
         // This node's own copy is one answer; a live owner's state (further along) wins.
         let found = self.take_copy(room);
@@ -287,19 +295,19 @@ impl<H: Clone> Router<H> {
         out: &mut Vec<Action<H>>,
     ) {
         let token = match msg {
-            PeerMsg::Subscribe { token, .. }
-            | PeerMsg::Publish { token, .. }
-            | PeerMsg::HistoryReq { token, .. } => *token,
+            PeerMsg::Subscribe(Subscribe { token, .. })
+            | PeerMsg::Publish(Publish { token, .. })
+            | PeerMsg::HistoryReq(HistoryReq { token, .. }) => *token,
             _ => return,
         };
         self.send(
             to,
-            PeerMsg::Refused {
+            PeerMsg::Refused(Refused {
                 room: msg.room().clone(),
                 token,
                 error,
                 owner,
-            },
+            }),
             out,
         );
     }
@@ -322,31 +330,29 @@ impl<H: Clone> Router<H> {
         }
     }
 
-    pub(super) fn owner_subscribe(
-        &mut self,
-        from: NodeId,
-        room: RoomId,
-        token: u64,
-        since: Option<u64>,
-        epoch: Option<Epoch>,
-        out: &mut Vec<Action<H>>,
-    ) {
-        let msg = PeerMsg::Subscribe {
-            room: room.clone(),
-            token,
-            since,
-            epoch: epoch.clone(),
-        };
+    /// Registers `from`'s interest and answers with the room's committed position and, with
+    /// `since`, the history after it. `msg` is a `PeerMsg::Subscribe`, kept whole so that it
+    /// can be held or refused as it came.
+    pub(super) fn owner_subscribe(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
         if !self.owner_gate(&from, &msg, out) {
             return;
         }
-        let Some(r) = self.owned.get_mut(&room) else {
+        let Some(r) = self.owned.get_mut(msg.room()) else {
             return;
         };
         if r.committed < r.hold_until {
             r.held.push_back((from, msg));
             return;
         }
+        let PeerMsg::Subscribe(Subscribe {
+            room,
+            token,
+            since,
+            epoch,
+        }) = msg
+        else {
+            return;
+        };
         if !r.interested.contains(&from) {
             r.interested.push(from.clone());
         }
@@ -360,14 +366,14 @@ impl<H: Clone> Router<H> {
                 (s.entries, s.recovered && same_epoch)
             }
         };
-        let msg = PeerMsg::SubscribeAck {
+        let msg = PeerMsg::SubscribeAck(SubscribeAck {
             room,
             token,
             epoch: r.epoch.clone(),
             seq: r.committed,
             history,
             recovered,
-        };
+        });
         self.send(from, msg, out);
     }
 
@@ -377,8 +383,10 @@ impl<H: Clone> Router<H> {
         }
         if let Some(p) = self.pending_owner.get_mut(room) {
             // Keep the order of this node's requests: an unsubscribe after a held subscribe.
-            p.queued
-                .push_back((from.clone(), PeerMsg::Unsubscribe { room: room.clone() }));
+            p.queued.push_back((
+                from.clone(),
+                PeerMsg::Unsubscribe(Unsubscribe { room: room.clone() }),
+            ));
         }
     }
 
@@ -391,13 +399,13 @@ impl<H: Clone> Router<H> {
         if !self.owner_gate(&from, &msg, out) {
             return;
         }
-        let PeerMsg::Publish {
+        let PeerMsg::Publish(Publish {
             room,
             token,
             from: conn,
             data,
             key,
-        } = msg
+        }) = msg
         else {
             return;
         };
@@ -408,7 +416,11 @@ impl<H: Clone> Router<H> {
             // A retry: the original seq, once it is committed.
             self.stats.duplicate_publishes += 1;
             if seq <= r.committed {
-                self.send(from, PeerMsg::PublishAck { room, token, seq }, out);
+                self.send(
+                    from,
+                    PeerMsg::PublishAck(PublishAck { room, token, seq }),
+                    out,
+                );
             } else {
                 r.waiters.push((seq, from, token));
             }
@@ -434,44 +446,40 @@ impl<H: Clone> Router<H> {
         self.advance_commit(&room, out);
     }
 
-    pub(super) fn owner_history(
-        &mut self,
-        from: NodeId,
-        room: RoomId,
-        token: u64,
-        since: u64,
-        limit: u64,
-        out: &mut Vec<Action<H>>,
-    ) {
-        let msg = PeerMsg::HistoryReq {
-            room: room.clone(),
-            token,
-            since,
-            limit,
-        };
+    /// Answers a history read (`msg` is a `PeerMsg::HistoryReq`) from committed entries.
+    pub(super) fn owner_history(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
         if !self.owner_gate(&from, &msg, out) {
             return;
         }
-        let Some(r) = self.owned.get_mut(&room) else {
+        let Some(r) = self.owned.get_mut(msg.room()) else {
             return;
         };
         if r.committed < r.hold_until {
             r.held.push_back((from, msg));
             return;
         }
+        let PeerMsg::HistoryReq(HistoryReq {
+            room,
+            token,
+            since,
+            limit,
+        }) = msg
+        else {
+            return;
+        };
         let s = r.history.since(
             since,
             r.committed,
             usize::try_from(limit).unwrap_or(usize::MAX),
         );
-        let msg = PeerMsg::HistoryResp {
+        let msg = PeerMsg::HistoryResp(HistoryResp {
             room,
             token,
             epoch: r.epoch.clone(),
             seq: r.committed,
             history: s.entries,
             recovered: s.recovered,
-        };
+        });
         self.send(from, msg, out);
     }
 
@@ -480,9 +488,10 @@ impl<H: Clone> Router<H> {
     pub(super) fn on_handoff_query(
         &mut self,
         from: NodeId,
-        room: RoomId,
+        q: HandoffQuery,
         out: &mut Vec<Action<H>>,
     ) {
+        let HandoffQuery { room } = q;
         if let Some(r) = self.owned.remove(&room) {
             self.give_up(room.clone(), from, r, out);
             self.send_snapshot_now(&room, out);
@@ -513,22 +522,26 @@ impl<H: Clone> Router<H> {
         {
             // On its way elsewhere: the asker must not conclude that nobody has it.
             let to = m.to.clone();
-            self.send(from, PeerMsg::HandoffMoving { room, to }, out);
+            self.send(
+                from,
+                PeerMsg::HandoffMoving(HandoffMoving { room, to }),
+                out,
+            );
             return;
         }
         // A replica's copy holds every committed message: the asker may continue from it.
         let state = self.copy_state(&room);
-        self.send(from, PeerMsg::Handoff { room, state }, out);
+        self.send(from, PeerMsg::Handoff(Handoff { room, state }), out);
     }
 
     /// A queried node handed the room to `to`, unconfirmed: wait for `to` instead.
     pub(super) fn on_handoff_moving(
         &mut self,
         from: NodeId,
-        room: RoomId,
-        to: NodeId,
+        m: HandoffMoving,
         out: &mut Vec<Action<H>>,
     ) {
+        let HandoffMoving { room, to } = m;
         let me = self.me.clone();
         let deadline = self.now_us + self.handoff_wait_us();
         let Some(p) = self.pending_owner.get_mut(&room) else {
@@ -543,7 +556,11 @@ impl<H: Clone> Router<H> {
             }
             if !p.waiting.contains(&to) {
                 p.waiting.push(to.clone());
-                self.send(to, PeerMsg::HandoffQuery { room: room.clone() }, out);
+                self.send(
+                    to,
+                    PeerMsg::HandoffQuery(HandoffQuery { room: room.clone() }),
+                    out,
+                );
             }
         }
         if self
@@ -567,11 +584,11 @@ impl<H: Clone> Router<H> {
         }
         // Confirmations still owed: the snapshot kept below answers for those states now.
         for (node, epoch, seq) in &r.confirms {
-            let ack = PeerMsg::HandoffAck {
+            let ack = PeerMsg::HandoffAck(HandoffAck {
                 room: room.clone(),
                 epoch: epoch.clone(),
                 seq: *seq,
-            };
+            });
             self.send(node.clone(), ack, out);
         }
         let (state, held) = r.into_state();
@@ -585,10 +602,10 @@ impl<H: Clone> Router<H> {
     /// handoff window (the caller removed it from `owned` in the same step, so nothing is
     /// sequenced after the snapshot).
     fn hand_off(&mut self, room: RoomId, to: NodeId, state: RoomState) {
-        let bytes = PeerMsg::Handoff {
+        let bytes = PeerMsg::Handoff(Handoff {
             room: room.clone(),
             state: None,
-        }
+        })
         .approx_size()
             + state
                 .history
@@ -643,10 +660,10 @@ impl<H: Clone> Router<H> {
         self.stats.handoffs_sent += 1;
         self.send(
             to,
-            PeerMsg::Handoff {
+            PeerMsg::Handoff(Handoff {
                 room: room.clone(),
                 state: Some(state),
-            },
+            }),
             out,
         );
     }
@@ -672,7 +689,13 @@ impl<H: Clone> Router<H> {
     }
 
     /// The new owner holds the state: forget the snapshot, free its window share.
-    pub(super) fn on_handoff_ack(&mut self, from: NodeId, room: RoomId, out: &mut Vec<Action<H>>) {
+    pub(super) fn on_handoff_ack(
+        &mut self,
+        from: NodeId,
+        ack: HandoffAck,
+        out: &mut Vec<Action<H>>,
+    ) {
+        let HandoffAck { room, .. } = ack;
         let now = self.now_us;
         if let Some(m) = self.moved.get_mut(&room)
             && m.to == from
@@ -692,13 +715,8 @@ impl<H: Clone> Router<H> {
     }
 
     /// A previous owner's state (or its answer that it has none).
-    pub(super) fn on_handoff(
-        &mut self,
-        from: NodeId,
-        room: RoomId,
-        state: Option<RoomState>,
-        out: &mut Vec<Action<H>>,
-    ) {
+    pub(super) fn on_handoff(&mut self, from: NodeId, h: Handoff, out: &mut Vec<Action<H>>) {
+        let Handoff { room, state } = h;
         if !self.has_quorum() {
             // Fenced: take nothing, confirm nothing (the sender keeps its snapshot and sends it
             // again after a link reset or to the room's next owner).
@@ -732,7 +750,11 @@ impl<H: Clone> Router<H> {
             p.confirms.push((to, epoch, seq));
             return;
         }
-        self.send(to, PeerMsg::HandoffAck { room, epoch, seq }, out);
+        self.send(
+            to,
+            PeerMsg::HandoffAck(HandoffAck { room, epoch, seq }),
+            out,
+        );
     }
 
     /// Sends the confirmations waiting for `room`'s replicas, once they are synced.
@@ -745,7 +767,11 @@ impl<H: Clone> Router<H> {
         }
         for (to, epoch, seq) in std::mem::take(&mut r.confirms) {
             let room = room.clone();
-            self.send(to, PeerMsg::HandoffAck { room, epoch, seq }, out);
+            self.send(
+                to,
+                PeerMsg::HandoffAck(HandoffAck { room, epoch, seq }),
+                out,
+            );
         }
     }
 
@@ -853,20 +879,10 @@ impl<H: Clone> Router<H> {
     /// Dispatches an owner-bound request (from a peer, or held until the room's state came).
     pub(super) fn on_owner_msg(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
         match msg {
-            PeerMsg::Subscribe {
-                room,
-                token,
-                since,
-                epoch,
-            } => self.owner_subscribe(from, room, token, since, epoch, out),
-            PeerMsg::Unsubscribe { room } => self.owner_unsubscribe(&from, &room),
-            msg @ PeerMsg::Publish { .. } => self.owner_publish(from, msg, out),
-            PeerMsg::HistoryReq {
-                room,
-                token,
-                since,
-                limit,
-            } => self.owner_history(from, room, token, since, limit, out),
+            PeerMsg::Subscribe(_) => self.owner_subscribe(from, msg, out),
+            PeerMsg::Unsubscribe(Unsubscribe { room }) => self.owner_unsubscribe(&from, &room),
+            PeerMsg::Publish(_) => self.owner_publish(from, msg, out),
+            PeerMsg::HistoryReq(_) => self.owner_history(from, msg, out),
             _ => {}
         }
     }
@@ -985,7 +1001,11 @@ impl<H: Clone> Router<H> {
             .map(|(r, _)| r.clone())
             .collect();
         for room in asks {
-            self.send(node.clone(), PeerMsg::HandoffQuery { room }, out);
+            self.send(
+                node.clone(),
+                PeerMsg::HandoffQuery(HandoffQuery { room }),
+                out,
+            );
         }
     }
 
@@ -1034,7 +1054,7 @@ impl<H: Clone> Router<H> {
             })
             .collect();
         for (node, room) in again {
-            self.send(node, PeerMsg::HandoffQuery { room }, out);
+            self.send(node, PeerMsg::HandoffQuery(HandoffQuery { room }), out);
         }
         for room in late {
             tracing::debug!(%room, "previous owners did not answer; taking the room over as it is");

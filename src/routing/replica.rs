@@ -37,7 +37,7 @@ use std::collections::{HashMap, VecDeque};
 use bytestring::ByteString;
 
 use super::history::History;
-use super::message::{ReplicaAck, ReplicaDrop, ReplicaSync, Replicate};
+use super::message::{Event, PublishAck, ReplicaAck, ReplicaDrop, ReplicaSync, Replicate};
 use super::owner::OwnedRoom;
 use super::{Action, HistEntry, PeerMsg, RoomState, Router, hash};
 use crate::ids::{Epoch, NodeId, RoomId};
@@ -341,13 +341,13 @@ impl<H: Clone> Router<H> {
             for node in &interested {
                 self.send(
                     node.clone(),
-                    PeerMsg::Event {
+                    PeerMsg::Event(Event {
                         room: room.clone(),
                         epoch: epoch.clone(),
                         seq: e.seq,
                         accepted_us: e.accepted_us,
                         frame: e.frame.clone(),
-                    },
+                    }),
                     out,
                 );
             }
@@ -355,11 +355,11 @@ impl<H: Clone> Router<H> {
         for (node, token, seq) in acks {
             self.send(
                 node,
-                PeerMsg::PublishAck {
+                PeerMsg::PublishAck(PublishAck {
                     room: room.clone(),
                     token,
                     seq,
-                },
+                }),
                 out,
             );
         }

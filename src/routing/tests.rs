@@ -1394,13 +1394,13 @@ fn a_hint_that_leads_nowhere_is_dropped() {
         "a",
         Input::Peer {
             from: node("b"),
-            msg: PeerMsg::Refused {
+            msg: PeerMsg::Refused(Refused {
                 room: r.clone(),
                 // a's first token: tokens start from the clock of its first step, x16.
                 token: 1_000_000_000 * 16,
                 error: PeerError::NotOwner,
                 owner: Some(node("c")),
-            },
+            }),
         },
     );
     // c has no such room and names nobody: a drops the hint; the next retry follows the view.

@@ -220,6 +220,8 @@ pub struct Router<H> {
     stable: Vec<NodeId>,
     /// Whether this node sees a majority of `stable` (else it is fenced: no sequencing).
     quorum: bool,
+    /// A loss of the quorum was logged (so its end is logged too).
+    fence_logged: bool,
     /// Replica sets, syncs or copies changed since the driver last asked (it then recounts
     /// the under-replicated rooms, an O(rooms) walk it does not want after every step).
     replication_changed: bool,
@@ -257,6 +259,7 @@ impl<H: Clone> Router<H> {
             view_changed_us: 0,
             stable: Vec::new(),
             quorum: true,
+            fence_logged: false,
             replication_changed: false,
             member_rooms: Map::default(),
             owned: Map::default(),

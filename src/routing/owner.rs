@@ -89,6 +89,8 @@ pub(super) struct PendingOwnership {
     pub(super) found: Option<RoomState>,
     /// Handoffs to confirm once the room is installed and its replicas synced.
     confirms: Vec<(NodeId, Epoch, u64)>,
+    /// Everyone was asked again after a node we waited for died (once).
+    requeried: bool,
     /// Requests that arrived meanwhile, in order, with their sender.
     pub(super) queued: VecDeque<(NodeId, PeerMsg)>,
 }
@@ -244,6 +246,7 @@ impl<H: Clone> Router<H> {
                 deadline_us: self.now_us + self.handoff_wait_us(),
                 found,
                 confirms: Vec::new(),
+                requeried: false,
                 queued: VecDeque::new(),
             },
         );
@@ -938,13 +941,37 @@ impl<H: Clone> Router<H> {
                 }
                 continue;
             }
+            let replicated = self.cfg.replicas > 0;
+            let others: Vec<NodeId> = self
+                .live
+                .iter()
+                .filter(|n| **n != self.me)
+                .cloned()
+                .collect();
+            let mut ask_again = Vec::new();
             let done = match self.pending_owner.get_mut(&room) {
                 Some(p) => {
+                    let before = p.waiting.len();
                     p.waiting.retain(|n| !departed.contains(n));
+                    if replicated && p.waiting.len() < before && p.found.is_none() && !p.requeried {
+                        // A node that may have held the room died while we waited for it: its
+                        // replica may have received the room after it answered "none". Ask
+                        // everyone once more before concluding the room is lost.
+                        p.requeried = true;
+                        p.waiting = others.clone();
+                        ask_again = others;
+                    }
                     p.waiting.is_empty()
                 }
                 None => false,
             };
+            for n in ask_again {
+                self.send(
+                    n,
+                    PeerMsg::HandoffQuery(HandoffQuery { room: room.clone() }),
+                    out,
+                );
+            }
             if done {
                 self.resolve_pending(&room, out);
             }

@@ -74,7 +74,7 @@ impl<H: Clone> Router<H> {
             self.stable.retain(|n| !left_draining.contains(n));
         }
         if self.stable.is_empty() && !self.members.is_empty() {
-            self.stable = self.live.clone();
+            self.stable = self.live_and_me();
         }
         self.check_quorum(out);
     }
@@ -94,13 +94,23 @@ impl<H: Clone> Router<H> {
     pub(super) fn tick_quorum(&mut self, out: &mut Vec<Action<H>>) {
         if self.quorum
             && !self.live.is_empty()
-            && self.live != self.stable
+            && self.live_and_me() != self.stable
             && self.now_us.saturating_sub(self.view_changed_us) >= STABLE_AFTER_US
         {
             tracing::info!(stable = ?self.live, "stable membership updated");
-            self.stable = self.live.clone();
+            self.stable = self.live_and_me();
         }
         self.check_quorum(out);
+    }
+
+    /// The live set with this node in it (a starting node may not see itself live yet: it is
+    /// a member all the same, or a restarted node would count a majority without itself).
+    fn live_and_me(&self) -> Vec<NodeId> {
+        let mut v = self.live.clone();
+        if let Err(i) = v.binary_search(&self.me) {
+            v.insert(i, self.me.clone());
+        }
+        v
     }
 
     fn check_quorum(&mut self, out: &mut Vec<Action<H>>) {
@@ -117,10 +127,17 @@ impl<H: Clone> Router<H> {
             return;
         }
         if q {
-            tracing::warn!(live = ?self.live, stable = ?self.stable, "a majority of the cluster is reachable again: sequencing resumes");
+            if std::mem::take(&mut self.fence_logged) {
+                tracing::warn!(live = ?self.live, stable = ?self.stable, "sequencing resumes");
+            }
         } else {
             self.stats.quorum_losses += 1;
-            tracing::warn!(live = ?self.live, stable = ?self.stable, "this node sees less than a majority of the cluster: it stops sequencing until the partition heals");
+            self.fence_logged = true;
+            if self.members.is_empty() {
+                tracing::warn!(live = ?self.live, "no node may own rooms in this node's view (all draining or not ready): it stops sequencing");
+            } else {
+                tracing::warn!(live = ?self.live, stable = ?self.stable, "this node sees less than a majority of the cluster: it stops sequencing until the partition heals");
+            }
             self.fence(out);
         }
         // Either way the feeds' registrations with owners are in doubt: resync them (while

@@ -288,7 +288,10 @@ impl<H: Clone> Router<H> {
             // reply to the old request would answer a new one.
             self.next_token = self.now_us.saturating_mul(16).max(1);
         }
+        // Cut off from the majority: answer at once. (A node that merely has no owner in its
+        // view yet — it is starting — lets requests wait for one, like a room that moves.)
         if !self.quorum
+            && !self.members.is_empty()
             && let Input::Join { handle, req, .. }
             | Input::Publish { handle, req, .. }
             | Input::History { handle, req, .. } = &input

@@ -1062,6 +1062,7 @@ impl<H: Clone> Router<H> {
             );
         }
         self.tick_copies();
+        self.tick_replication(out);
         let late: Vec<RoomId> = self
             .pending_owner
             .iter()

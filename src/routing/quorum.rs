@@ -73,7 +73,10 @@ impl<H: Clone> Router<H> {
         if self.quorum {
             self.stable.retain(|n| !left_draining.contains(n));
         }
-        if self.stable.is_empty() && !self.members.is_empty() {
+        // The first stable membership is the view in which this node itself may own rooms: a
+        // node becomes eligible only once its view has settled, so it is the whole cluster (a
+        // starting node's first views list members one by one).
+        if self.stable.is_empty() && self.members.binary_search(&self.me).is_ok() {
             self.stable = self.live_and_me();
         }
         self.check_quorum(out);
@@ -116,8 +119,13 @@ impl<H: Clone> Router<H> {
     fn check_quorum(&mut self, out: &mut Vec<Action<H>>) {
         // A node with a view but no node in it that may own rooms (it is starting and has not
         // met the cluster yet) must not sequence either: it would own every room alone.
-        let q = has_quorum(&self.stable, &self.live, &self.me)
-            && (self.live.is_empty() || !self.members.is_empty());
+        let q = if self.stable.is_empty() {
+            // Starting: route to the owners in view (this node owns nothing yet); with none in
+            // view, wait. Before any view at all: a lone node serves.
+            self.live.is_empty() || !self.members.is_empty()
+        } else {
+            has_quorum(&self.stable, &self.live, &self.me) && !self.members.is_empty()
+        };
         if q == self.quorum {
             return;
         }
@@ -173,7 +181,14 @@ impl<H: Clone> Router<H> {
         if self.quorum {
             return false;
         }
-        self.refuse_msg(from.clone(), msg, PeerError::Unavailable, None, out);
+        // Starting (no owner in view): "not the owner", and the requester waits for the view
+        // like for a room that moves; cut off from the majority: unavailable.
+        let error = if self.members.is_empty() {
+            PeerError::NotOwner
+        } else {
+            PeerError::Unavailable
+        };
+        self.refuse_msg(from.clone(), msg, error, None, out);
         true
     }
 }

@@ -44,6 +44,8 @@ use crate::ids::{Epoch, NodeId, RoomId};
 
 /// Publish keys remembered per room (the idempotency window).
 pub const KEY_WINDOW: usize = 1024;
+/// A replica sync not acknowledged for this long is sent again.
+const RESYNC_AFTER_US: u64 = 5_000_000;
 
 /// A room's recent publish keys and the seq each got, bounded to [`KEY_WINDOW`].
 #[derive(Debug, Default)]
@@ -92,6 +94,9 @@ pub(super) struct Progress {
     pub(super) acked: u64,
     /// A `ReplicaSync` is on its way and not acknowledged yet.
     pub(super) syncing: bool,
+    /// When the last `ReplicaSync` went out (one unacknowledged for [`RESYNC_AFTER_US`] is
+    /// sent again: its replica may have been fenced, or the message lost).
+    pub(super) sync_at_us: u64,
     /// No longer in the view's replica set, kept (and counted toward commit) until every
     /// replica that replaces it is synced: a new replica is useless until then, and the
     /// owner dying in that window must not lose the only up-to-date copy.
@@ -207,6 +212,7 @@ impl<H: Clone> Router<H> {
                     node: t.clone(),
                     acked: 0,
                     syncing: true,
+                    sync_at_us: 0,
                     leaving: false,
                 });
                 added.push(t);
@@ -252,8 +258,10 @@ impl<H: Clone> Router<H> {
         let Some(r) = self.owned.get_mut(room) else {
             return;
         };
+        let now = self.now_us;
         if let Some(p) = r.replicas.iter_mut().find(|p| p.node == node) {
             p.syncing = true;
+            p.sync_at_us = now;
         }
         self.replication_changed = true;
         let state = r.sync_state();
@@ -603,6 +611,24 @@ impl<H: Clone> Router<H> {
         let limits = self.cfg.history;
         self.install_owned(room.clone(), OwnedRoom::from_state(state, &limits), out);
         true
+    }
+
+    /// Sends again the syncs that were not acknowledged in time.
+    pub(super) fn tick_replication(&mut self, out: &mut Vec<Action<H>>) {
+        let now = self.now_us;
+        let late: Vec<(RoomId, NodeId)> = self
+            .owned
+            .iter()
+            .flat_map(|(room, r)| {
+                r.replicas
+                    .iter()
+                    .filter(|p| p.syncing && p.sync_at_us + RESYNC_AFTER_US <= now)
+                    .map(move |p| (room.clone(), p.node.clone()))
+            })
+            .collect();
+        for (room, node) in late {
+            self.sync_replica(&room, node, out);
+        }
     }
 
     /// Expires the history of copies by age, like their owners do.

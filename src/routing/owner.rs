@@ -1069,15 +1069,19 @@ impl<H: Clone> Router<H> {
             .filter(|(_, p)| p.deadline_us <= now)
             .map(|(r, _)| r.clone())
             .collect();
-        // Ask again where a room's state is on its way to.
+        // Ask again where a room's state is on its way to — and, with replication, every node
+        // that has not answered yet: a question or its answer can be lost without a reset
+        // reaching this node (a peer that restarted dropped the link it answered on), and the
+        // node that holds the room may die before the wait ends.
+        let replicated = self.cfg.replicas > 0;
         let again: Vec<(NodeId, RoomId)> = self
             .pending_owner
             .iter()
             .filter(|(_, p)| p.deadline_us > now)
             .flat_map(|(r, p)| {
-                p.moving
+                p.waiting
                     .iter()
-                    .filter(|n| p.waiting.contains(n))
+                    .filter(move |n| replicated || p.moving.contains(n))
                     .map(move |n| (n.clone(), r.clone()))
             })
             .collect();

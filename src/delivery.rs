@@ -48,6 +48,9 @@ pub enum Delivery {
 #[derive(Default)]
 struct Inbox {
     queue: SegQueue<Vec<Delivery>>,
+    /// Batches pushed and not yet fully applied (a popped batch counts until its last
+    /// delivery is in its outbox: shutdown waits for zero before it closes connections).
+    unapplied: AtomicUsize,
     waker: AtomicWaker,
     parked: AtomicBool,
 }
@@ -98,9 +101,12 @@ impl Workers {
         &self.inboxes[usize::from(w.0) % self.inboxes.len()]
     }
 
-    /// Batches handed to workers and not yet drained (for tests and diagnostics).
+    /// Batches handed to workers and not yet applied to their outboxes.
     pub fn pending(&self) -> usize {
-        self.inboxes.iter().map(|i| i.queue.len()).sum()
+        self.inboxes
+            .iter()
+            .map(|i| i.unapplied.load(Ordering::Acquire))
+            .sum()
     }
 }
 
@@ -169,6 +175,7 @@ impl Batch {
                 continue;
             }
             let inbox = workers.inbox(WorkerId(i as u16));
+            inbox.unapplied.fetch_add(1, Ordering::AcqRel);
             inbox.queue.push(std::mem::take(v));
             if inbox.parked.load(Ordering::SeqCst) && inbox.parked.swap(false, Ordering::SeqCst) {
                 inbox.waker.wake();
@@ -212,6 +219,7 @@ async fn drain(workers: Arc<Workers>, idx: u16) {
             for d in batch {
                 apply(d, me);
             }
+            inbox.unapplied.fetch_sub(1, Ordering::AcqRel);
         }
         tokio::task::yield_now().await;
     }

@@ -383,6 +383,10 @@ async fn shutdown_on_signal(node: Arc<NodeContext>, server: actix_server::Server
         Some(t) => drain(&node, &t.ws, deadline).await,
         None => {
             tracing::info!(connections = node.conns.len(), "shutting down");
+            // Deliveries the shards already handed to the workers (events of publishes that
+            // were acknowledged) reach their outboxes before the close frame.
+            let settle = deadline.min(Instant::now() + Duration::from_secs(1));
+            wait_for(settle, || node.workers.pending() == 0).await;
             node.conns.close_all(CloseReason::Shutdown);
             wait_for(deadline, || node.conns.is_empty()).await;
         }
@@ -415,6 +419,8 @@ async fn drain(node: &NodeContext, url: &str, deadline: Instant) {
         .send_all(crate::protocol::encode::reconnect("draining", Some(url)));
     let grace_end = (Instant::now() + node.config.drain_grace).min(deadline);
     wait_for(grace_end, || node.conns.is_empty()).await;
+    let settle = deadline.min(Instant::now() + Duration::from_secs(1));
+    wait_for(settle, || node.workers.pending() == 0).await;
     node.conns.close_all(CloseReason::Draining);
     wait_for(deadline, || node.conns.is_empty()).await;
     // Every room must be handed over *and confirmed by its new owner* before the links go (a

@@ -369,6 +369,8 @@ fn step(
                 } = reply
                 {
                     // A resume: its replay follows in this batch; the connection paces the next.
+                    // One message per resume the connection itself sent, and it sends one at a
+                    // time (`session`'s pacing): bounded.
                     to.conn.do_send(JoinDone { room, ok: true });
                 }
             }

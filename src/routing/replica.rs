@@ -445,14 +445,22 @@ impl<H: Clone> Router<H> {
         );
     }
 
-    pub(super) fn on_replicate(&mut self, from: NodeId, m: Replicate, out: &mut Vec<Action<H>>) {
+    /// Whether replication for `room` is ignored here: this node is fenced, or it owns the
+    /// room itself (views disagree about who owns it: holding the sender's commits back is the
+    /// safe answer until they agree, and one of the two then hands the room over).
+    fn refuses_replication(&mut self, room: &RoomId) -> bool {
         if !self.has_quorum() {
-            return;
+            return true;
         }
-        if self.owned.contains_key(&m.room) {
-            // Views disagree about who owns the room: holding the sender's commits back is
-            // the safe answer until they agree (one of the two then hands the room over).
+        if self.owned.contains_key(room) {
             self.stats.replica_conflicts += 1;
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn on_replicate(&mut self, from: NodeId, m: Replicate, out: &mut Vec<Action<H>>) {
+        if self.refuses_replication(&m.room) {
             return;
         }
         let limits = self.cfg.history;
@@ -489,11 +497,7 @@ impl<H: Clone> Router<H> {
         m: ReplicaSync,
         out: &mut Vec<Action<H>>,
     ) {
-        if !self.has_quorum() {
-            return;
-        }
-        if self.owned.contains_key(&m.room) {
-            self.stats.replica_conflicts += 1;
+        if self.refuses_replication(&m.room) {
             return;
         }
         let limits = self.cfg.history;

@@ -20,11 +20,15 @@
 //! * [`session`] — the WebSocket connection actor: client protocol and per-connection limits.
 //! * [`http`] — routes only: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/cluster`.
 //! * [`metrics`] — every metric name and help text, and the Prometheus recorder.
+//! * [`auth`] — JWT verification (HS256 secret, PEM key, JWKS), room rights from the `rooms`
+//!   claim, API keys for the server API. Reads key files; no I/O beyond that.
 //! * [`server`] — wiring: runtimes, shards, HTTP server, signals and shutdown.
 //!
 //! Imports point down only: `server` → `http` → `session` → `node` → `rooms`, `internode`,
 //! `cluster` → `delivery` → `conn` → `socket`, `routing` → `metrics` → `protocol` → `ids`.
+//! `auth` imports nothing from the crate; the layers that admit clients call it.
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod cluster;

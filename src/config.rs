@@ -20,6 +20,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthMode;
 use crate::ids::NodeId;
 
 /// Output format of the logs (stderr).
@@ -112,6 +113,24 @@ pub struct Config {
     /// Room shards (each owns the routing state of its rooms). 0 = number of CPUs.
     pub shards: usize,
 
+    /// Client authentication (docs/protocol.md, "Authentication"): `off` — anyone may do
+    /// anything; `optional` — a token is checked when one is given (its claims then bound the
+    /// connection), a connection without one is anonymous with every right; `required` — every
+    /// connection authenticates (`?token=` or an `auth` op within `auth_timeout`).
+    pub auth: AuthMode,
+    /// HS256 secret for client tokens (the file's bytes, trailing whitespace trimmed; ≥ 32).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key (RSA → RS256, EC P-256 → ES256) for client tokens.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JSON Web Key Set with several keys (`kid`s), for rotation.
+    pub jwks_file: Option<PathBuf>,
+    /// Keys of the HTTP server API (`Authorization: Bearer KEY`), one per line.
+    pub api_keys_file: Option<PathBuf>,
+    /// With `auth = required`, how long a connection without a token in its URL has to send
+    /// `auth` before it is closed with 4401.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+
     /// Log filter: a level (`info`) or tracing directives (`info,roomcast=debug`).
     pub log_level: String,
     /// Log format.
@@ -151,6 +170,12 @@ impl Default for Config {
             drain_grace: Duration::from_secs(5),
             workers: 0,
             shards: 0,
+            auth: AuthMode::Off,
+            jwt_secret_file: None,
+            jwt_public_key_file: None,
+            jwks_file: None,
+            api_keys_file: None,
+            auth_timeout: Duration::from_secs(10),
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
         }
@@ -375,6 +400,33 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
+    /// Client authentication: off, optional or required [default: off].
+    #[arg(long, value_name = "MODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthMode>,
+    /// HS256 secret file for client tokens.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key file (RS256 or ES256) for client tokens.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWKS file (several keys by kid) for client tokens.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// Server API keys file, one key per line.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys_file: Option<PathBuf>,
+    /// With auth=required, time a connection has to authenticate [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub auth_timeout: Option<Duration>,
     /// Log level or tracing directives [default: info].
     #[arg(long, value_name = "FILTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -531,6 +583,7 @@ impl Config {
             ("drain_grace", self.drain_grace),
             ("gossip_interval", self.gossip_interval),
             ("failure_timeout", self.failure_timeout),
+            ("auth_timeout", self.auth_timeout),
         ];
         for (name, d) in durations {
             if d.is_zero() {
@@ -591,6 +644,21 @@ impl Config {
             return Err(invalid(
                 "advertise",
                 format!("{a:?} is not a host name or IP"),
+            ));
+        }
+        let keys = [
+            &self.jwt_secret_file,
+            &self.jwt_public_key_file,
+            &self.jwks_file,
+        ];
+        if self.auth != AuthMode::Off && keys.iter().all(|k| k.is_none()) {
+            return Err(invalid(
+                "auth",
+                format!(
+                    "is {} but no key to verify tokens with: set jwt_secret_file, \
+                     jwt_public_key_file or jwks_file",
+                    self.auth
+                ),
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)

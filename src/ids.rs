@@ -1,4 +1,4 @@
-//! Identifier newtypes: rooms, nodes, connections and room epochs.
+//! Identifier newtypes: rooms, nodes, connections, users and room epochs.
 //!
 //! Every id that crosses a boundary (client protocol, internode protocol, metrics, logs) has its
 //! own type so that a room name can never be passed where a node id is expected. Room and node
@@ -31,6 +31,8 @@ pub enum IdError {
     TooLong { len: usize, max: usize },
     #[error("may contain only A-Z a-z 0-9 _ . : - (found {found:?})")]
     BadChar { found: char },
+    #[error("must not contain control characters (found {found:?})")]
+    Control { found: char },
 }
 
 fn validate(s: &str, max: usize) -> Result<(), IdError> {
@@ -138,6 +140,58 @@ impl ConnId {
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+/// Longest user id, in bytes.
+pub const MAX_USER_LEN: usize = 128;
+
+/// A user id: the `sub` claim of the token a connection authenticated with — 1 to 128 bytes of
+/// text without control characters. Unlike room names it may need escaping in JSON, which the
+/// encoder does. Ids decoded from peers are validated.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserId(Arc<str>);
+
+impl UserId {
+    pub fn new(s: &str) -> Result<Self, IdError> {
+        if s.is_empty() {
+            return Err(IdError::Empty);
+        }
+        if s.len() > MAX_USER_LEN {
+            return Err(IdError::TooLong {
+                len: s.len(),
+                max: MAX_USER_LEN,
+            });
+        }
+        if let Some(found) = s.chars().find(|c| c.is_control()) {
+            return Err(IdError::Control { found });
+        }
+        Ok(UserId(Arc::from(s)))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+impl TryFrom<String> for UserId {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, IdError> {
+        UserId::new(&s)
+    }
+}
+impl From<UserId> for String {
+    fn from(u: UserId) -> String {
+        u.0.to_string()
+    }
+}
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserId({:?})", &self.0)
     }
 }
 

@@ -45,6 +45,7 @@ pub const INTERNODE_MESSAGES: &str = "roomcast_internode_messages_total";
 pub const INTERNODE_BYTES: &str = "roomcast_internode_bytes_total";
 pub const INTERNODE_REJECTED: &str = "roomcast_internode_rejected_total";
 pub const INTERNODE_DROPPED: &str = "roomcast_internode_queue_overflows_total";
+pub const AUTH_FAILURES: &str = "roomcast_auth_failures_total";
 
 /// Histogram buckets for latencies, in seconds (50 µs … 5 s).
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -82,6 +83,10 @@ fn describe() {
     describe_gauge!(CONNECTIONS, "WebSocket connections open on this node");
     describe_gauge!(ROOMS, "Rooms this node owns (sequences) now");
     describe_counter!(PUBLISHED, "Publishes acknowledged to clients of this node");
+    describe_counter!(
+        AUTH_FAILURES,
+        "Client tokens refused, by reason (missing, malformed, expired, bad_signature, unknown_key, algorithm, bad_claims)"
+    );
     describe_counter!(
         DELIVERED,
         "Event frames written to client sockets on this node"
@@ -263,6 +268,11 @@ pub fn render_latency(out: &mut String) {
 
 pub fn protocol_error(code: ErrorCode) {
     metrics::counter!(PROTOCOL_ERRORS, "code" => code.as_str()).increment(1);
+}
+
+/// A client token refused (or missing, or expired), by reason (`auth::Failure::reason`).
+pub fn auth_failure(reason: &'static str) {
+    metrics::counter!(AUTH_FAILURES, "reason" => reason).increment(1);
 }
 
 pub fn disconnect(reason: CloseReason) {

@@ -14,6 +14,7 @@ use actix::Recipient;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
+use crate::auth::{ApiKeys, Verifier};
 use crate::cluster::{ClusterView, Membership};
 use crate::config::Config;
 use crate::conn::CloseNow;
@@ -103,6 +104,10 @@ pub struct NodeContext {
     pub peers: Peers,
     pub membership: Membership,
     pub started: Instant,
+    /// Verifies client tokens (`None` when `auth = off`).
+    pub verifier: Option<Verifier>,
+    /// Keys of the HTTP server API (`None`: no `api_keys_file`, the API is off).
+    pub api_keys: Option<ApiKeys>,
 }
 
 impl NodeContext {

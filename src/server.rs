@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::auth::{ApiKeys, AuthMode, KeyFiles, Verifier};
 use crate::cluster::{ClusterSecret, ClusterView, Membership, MembershipConfig};
 use crate::config::Config;
 use crate::delivery::Workers;
@@ -45,6 +46,33 @@ pub enum ServerError {
     Membership(#[from] crate::cluster::MembershipError),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthConfigError),
+}
+
+/// Reads the client token keys and the server API keys the config names.
+fn load_auth(config: &Config) -> Result<(Option<Verifier>, Option<ApiKeys>), ServerError> {
+    let verifier = match config.auth {
+        AuthMode::Off => {
+            if !config.listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %config.listen,
+                    "auth is off and the node listens beyond loopback: anyone who can reach it may join any room and publish; set auth = required (docs/protocol.md, \"Authentication\")"
+                );
+            }
+            None
+        }
+        AuthMode::Optional | AuthMode::Required => Some(Verifier::from_files(&KeyFiles {
+            jwt_secret_file: config.jwt_secret_file.clone(),
+            jwt_public_key_file: config.jwt_public_key_file.clone(),
+            jwks_file: config.jwks_file.clone(),
+        })?),
+    };
+    let api_keys = match &config.api_keys_file {
+        Some(path) => Some(ApiKeys::from_file(path)?),
+        None => None,
+    };
+    Ok((verifier, api_keys))
 }
 
 /// Runs a node until it is told to stop (SIGTERM/SIGINT). Blocks the calling thread.
@@ -83,6 +111,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let cluster_addr = join_host_port(&host, cluster_bound.port());
     let gossip_addr = resolve(&host, cluster_bound.port())?;
 
+    let (verifier, api_keys) = load_auth(&config)?;
     let router_cfg = RouterConfig {
         history: HistoryLimits {
             max_messages: config.history_max_messages,
@@ -159,6 +188,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             peers: peers.clone(),
             membership,
             started: Instant::now(),
+            verifier,
+            api_keys,
         });
         tokio::spawn(follow_membership(node.clone(), peers));
         tokio::spawn(publish_load(node.clone()));

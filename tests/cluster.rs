@@ -726,6 +726,7 @@ mod fake_peer {
             room: roomcast::ids::RoomId::new("r").unwrap(),
             token: 1,
             from: serde_json::from_str("\"fake-peer/1\"").unwrap(),
+            user: None,
             data: "{not json".into(),
             key: None,
         });

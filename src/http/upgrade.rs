@@ -49,6 +49,17 @@ fn json_error(status: StatusCode, why: &str) -> Response<Bytes> {
     res
 }
 
+/// The `token` query parameter (`/ws?token=JWT`), percent-decoded.
+fn url_token(req: &Request) -> Option<String> {
+    let q = req.uri().query()?;
+    let params =
+        actix_web::web::Query::<std::collections::HashMap<String, String>>::from_query(q).ok()?;
+    params
+        .into_inner()
+        .remove("token")
+        .filter(|t| !t.is_empty())
+}
+
 /// The upgrade service of one worker.
 pub struct WsUpgrade {
     node: Arc<NodeContext>,
@@ -84,8 +95,9 @@ impl Service<(Request, Upgrading)> for WsUpgrade {
             if let Err(e) = handshake::check(&req) {
                 return Ok(handshake::refuse(&mut framed, e).await?);
             }
+            let token = url_token(&req);
             let (stream, leftover) = handshake::accept(&req, framed).await?;
-            Session::start(node, stream, leftover);
+            Session::start(node, stream, leftover, token);
             Ok(())
         })
     }

@@ -26,7 +26,8 @@ pub const MAGIC: [u8; 4] = *b"RCST";
 /// Version of the internode protocol; nodes of other versions are refused.
 /// 2: `Refused` names the room's new owner, `HandoffAck` confirms handoffs, `HandoffMoving`
 /// answers queries for a room in transit (issue 8).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 3: replication (issue 10). 4: `HandoffOffer` (a replica offers a room whose owner restarted).
+pub const PROTOCOL_VERSION: u16 = 4;
 pub const PREAMBLE_LEN: usize = 8;
 /// Frame limit during the handshake.
 pub const HANDSHAKE_MAX_FRAME: usize = 4 * 1024;

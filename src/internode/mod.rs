@@ -81,6 +81,9 @@ pub(crate) struct Inner {
     /// The inbound connection currently accepted from each peer (a newer one replaces it).
     pub(super) inbound_current: Mutex<HashMap<NodeId, u64>>,
     pub(super) next_inbound: AtomicU64,
+    /// The newest incarnation (generation) seen of each peer, from gossip or a handshake,
+    /// whether or not a link exists: a higher one means the peer restarted and lost its state.
+    generations: Mutex<HashMap<NodeId, u64>>,
 }
 
 impl PeerSink for Peers {
@@ -113,6 +116,7 @@ impl Peers {
                 inbound_tasks: Mutex::new(HashMap::new()),
                 inbound_current: Mutex::new(HashMap::new()),
                 next_inbound: AtomicU64::new(1),
+                generations: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -130,10 +134,13 @@ impl Peers {
     /// links to members that restarted (new generation).
     pub fn update_view(&self, view: &ClusterView) {
         let mut links = self.inner.links.write().unwrap_or_else(|p| p.into_inner());
-        let mut resets = Vec::new();
+        let mut restarts = Vec::new();
         for mbr in &view.members {
             if mbr.id == self.inner.cfg.me {
                 continue;
+            }
+            if self.saw_generation(&mbr.id, mbr.generation) {
+                restarts.push(mbr.id.clone());
             }
             match links.get(&mbr.id) {
                 Some(l) if !mbr.live => {
@@ -142,13 +149,15 @@ impl Peers {
                 }
                 Some(l) => {
                     let g = l.generation.load(Ordering::Acquire);
-                    if g != 0 && g != mbr.generation {
+                    if g != 0 && mbr.generation > g {
                         // Restarted: whatever was in flight to the old incarnation is lost.
                         l.stop();
                         links.remove(&mbr.id);
-                        resets.push(mbr.id.clone());
                         let l = self.spawn_link(&mbr.id, &mbr.cluster, mbr.generation);
                         links.insert(mbr.id.clone(), l);
+                    } else if mbr.generation < g {
+                        // Gossip has not caught up with an incarnation that already connected
+                        // to us (`learned`): keep the link to the newer one.
                     } else {
                         l.generation.store(mbr.generation, Ordering::Release);
                         *l.addr.lock().unwrap_or_else(|p| p.into_inner()) = mbr.cluster.clone();
@@ -162,13 +171,16 @@ impl Peers {
             }
         }
         drop(links);
-        for peer in resets {
-            self.announce_reset(peer);
+        for peer in restarts {
+            self.announce_restart(peer);
         }
     }
 
     /// A peer connected to us and told us its address: make sure we can answer it.
     pub(super) fn learned(&self, peer: &NodeId, addr: &str, generation: u64) {
+        if self.saw_generation(peer, generation) {
+            self.announce_restart(peer.clone());
+        }
         let mut links = self.inner.links.write().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = links.get(peer) {
             let g = l.generation.load(Ordering::Acquire);
@@ -176,13 +188,15 @@ impl Peers {
                 l.generation.store(generation, Ordering::Release);
                 return;
             }
+            if generation < g {
+                // A connection from an incarnation older than the one we know (it is gone).
+                return;
+            }
             // A new incarnation reached us before gossip said so.
             l.stop();
             links.remove(peer);
             let l = self.spawn_link(peer, addr, generation);
             links.insert(peer.clone(), l);
-            drop(links);
-            self.announce_reset(peer.clone());
             return;
         }
         let l = self.spawn_link(peer, addr, generation);
@@ -212,6 +226,39 @@ impl Peers {
         if let Some(shards) = self.shards().cloned() {
             self.inner.rt.spawn(async move {
                 shards.broadcast(|| Input::PeerReset(peer.clone())).await;
+            });
+        }
+    }
+
+    /// Records `generation` for `peer`; true if it is newer than one already known (the peer
+    /// restarted since). The first generation seen of a peer is not a restart.
+    fn saw_generation(&self, peer: &NodeId, generation: u64) -> bool {
+        let mut gens = self
+            .inner
+            .generations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match gens.get_mut(peer) {
+            Some(g) if generation > *g => {
+                *g = generation;
+                true
+            }
+            Some(_) => false,
+            None => {
+                gens.insert(peer.clone(), generation);
+                false
+            }
+        }
+    }
+
+    /// Tells every shard that `peer` restarted: its link was reset and it lost its state.
+    fn announce_restart(&self, peer: NodeId) {
+        tracing::info!(%peer, "peer restarted (new generation)");
+        if let Some(shards) = self.shards().cloned() {
+            self.inner.rt.spawn(async move {
+                shards
+                    .broadcast(|| Input::PeerRestarted(peer.clone()))
+                    .await;
             });
         }
     }

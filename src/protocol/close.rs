@@ -29,10 +29,15 @@ pub enum CloseReason {
     Internal = 9,
     /// A text message that is not valid UTF-8 (1007).
     InvalidData = 10,
+    /// The connection's token expired (not refreshed in time), or `auth = required` and no
+    /// valid token came within `auth_timeout`, or the token given was refused (4401).
+    Unauthorized = 11,
+    /// Disconnected through the server API (`POST /api/disconnect`) (4403).
+    Disconnected = 12,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::Normal,
         CloseReason::Shutdown,
         CloseReason::Draining,
@@ -44,6 +49,8 @@ impl CloseReason {
         CloseReason::Gap,
         CloseReason::Internal,
         CloseReason::InvalidData,
+        CloseReason::Unauthorized,
+        CloseReason::Disconnected,
     ];
 
     /// Decodes the outbox's close slot (0 = open, else reason + 1).
@@ -63,6 +70,8 @@ impl CloseReason {
             CloseReason::TooManyErrors => 1008,
             CloseReason::Internal => 1011,
             CloseReason::InvalidData => 1007,
+            CloseReason::Unauthorized => 4401,
+            CloseReason::Disconnected => 4403,
         }
     }
 
@@ -80,6 +89,8 @@ impl CloseReason {
             CloseReason::Gap => "resync_required",
             CloseReason::Internal => "internal",
             CloseReason::InvalidData => "invalid_utf8",
+            CloseReason::Unauthorized => "unauthorized",
+            CloseReason::Disconnected => "disconnected",
         }
     }
 }

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use bytestring::ByteString;
 
 use super::{ErrorCode, ReqId};
-use crate::ids::{ConnName, Epoch, NodeId, RoomId};
+use crate::ids::{ConnName, Epoch, NodeId, RoomId, UserId};
 
 /// A reply to one request, before it is written with the request's id.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +39,11 @@ pub enum Reply {
     },
     Pong {
         ts: u64,
+    },
+    /// `auth` or `refresh` succeeded: the connection acts as `user` until `exp` (unix s).
+    Authenticated {
+        user: UserId,
+        exp: u64,
     },
     Error {
         code: ErrorCode,
@@ -84,6 +89,7 @@ pub fn event(
     epoch: &Epoch,
     data: &str,
     from: &str,
+    user: Option<&UserId>,
     ts: u64,
 ) -> ByteString {
     let mut s = String::with_capacity(96 + room.as_str().len() + data.len() + from.len());
@@ -97,7 +103,12 @@ pub fn event(
     s.push_str(data);
     s.push_str(r#","from":""#);
     s.push_str(from);
-    s.push_str(r#"","ts":"#);
+    s.push('"');
+    if let Some(u) = user {
+        s.push_str(r#","user":"#);
+        push_json_str(&mut s, u.as_str());
+    }
+    s.push_str(r#","ts":"#);
     push_u64(&mut s, ts);
     s.push('}');
     ByteString::from(s)
@@ -152,6 +163,11 @@ pub fn reply(id: &ReqId, reply: &Reply) -> ByteString {
         Reply::Pong { ts } => {
             let _ = write!(s, r#","ok":true,"ts":{ts}"#);
         }
+        Reply::Authenticated { user, exp } => {
+            s.push_str(r#","ok":true,"user":"#);
+            push_json_str(&mut s, user.as_str());
+            let _ = write!(s, r#","exp":{exp}"#);
+        }
         Reply::Error { code, message } => {
             let _ = write!(
                 s,
@@ -198,8 +214,22 @@ mod tests {
             json!({"type":"welcome","conn":"n1/3","node":"n1","heartbeat_ms":15000})
         );
         assert_eq!(
-            parse(&event(&room, 7, &epoch, r#"{"x":[1,"two"]}"#, "n1/3", 123)),
+            parse(&event(
+                &room,
+                7,
+                &epoch,
+                r#"{"x":[1,"two"]}"#,
+                "n1/3",
+                None,
+                123
+            )),
             json!({"type":"message","room":"r:1","seq":7,"epoch":"ab-1","data":{"x":[1,"two"]},"from":"n1/3","ts":123})
+        );
+        // An authenticated publisher's user id, escaped.
+        let user = crate::ids::UserId::new("ann \"a\"").unwrap();
+        assert_eq!(
+            parse(&event(&room, 8, &epoch, "1", "n1/3", Some(&user), 124)),
+            json!({"type":"message","room":"r:1","seq":8,"epoch":"ab-1","data":1,"from":"n1/3","user":"ann \"a\"","ts":124})
         );
         let id = super::super::parse_request(
             r#"{"op":"ping","id":"q\"1"}"#,
@@ -230,7 +260,7 @@ mod tests {
             )),
             json!({"id":null,"ok":true,"room":"r:1","seq":4,"epoch":"ab-1","recovered":false})
         );
-        let ev = event(&room, 1, &epoch, "null", "n1/3", 9);
+        let ev = event(&room, 1, &epoch, "null", "n1/3", None, 9);
         assert_eq!(
             parse(&reply(
                 &ReqId::NONE,

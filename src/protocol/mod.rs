@@ -30,8 +30,12 @@ pub enum ErrorCode {
     TooLarge,
     /// The connection's publish rate limit is exhausted.
     RateLimited,
-    /// Not allowed (the connection's room limit is reached; later also authorisation).
+    /// Not allowed: the connection's token grants no such right in the room, or a limit of
+    /// the connection is reached.
     Forbidden,
+    /// No token, or a token that does not verify (malformed, expired, bad signature, unknown
+    /// key); with `auth = required`, any request before `auth`.
+    Unauthorized,
     /// The room's owner node cannot be reached now, or the node is overloaded; retry.
     Unavailable,
     /// A bug or an unexpected failure on the server.
@@ -39,13 +43,14 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 6] = [
+    pub const ALL: [ErrorCode; 7] = [
         ErrorCode::BadRequest,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
         ErrorCode::Forbidden,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Unauthorized,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +61,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 }
@@ -93,6 +99,8 @@ pub enum Op<'a> {
         since: Option<u64>,
         /// The epoch the client's `since` belongs to, if it knows it.
         epoch: Option<Epoch>,
+        /// A token for this room, for rooms the connection's token does not cover.
+        token: Option<String>,
     },
     Leave {
         room: RoomId,
@@ -110,6 +118,15 @@ pub enum Op<'a> {
         limit: Option<u64>,
     },
     Ping,
+    /// Authenticate the connection with a JWT (`auth = optional | required`).
+    Auth {
+        token: String,
+    },
+    /// Replace the connection's token with a newer one of the same user (extends it before
+    /// `exp`).
+    Refresh {
+        token: String,
+    },
 }
 
 impl Op<'_> {
@@ -120,6 +137,8 @@ impl Op<'_> {
             Op::Publish { .. } => "publish",
             Op::History { .. } => "history",
             Op::Ping => "ping",
+            Op::Auth { .. } => "auth",
+            Op::Refresh { .. } => "refresh",
         }
     }
 }
@@ -162,6 +181,8 @@ struct RawRequest<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     key: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
 }
 
 /// `Some(raw)` for a present field, even when its value is `null` (plain `Option` would turn a
@@ -209,6 +230,10 @@ pub fn parse_request<'a>(text: &'a str, limits: ParseLimits) -> Result<Request<'
             room: room(&id, raw.room)?,
             since: opt_u64(&id, "since", raw.since)?,
             epoch: opt_epoch(&id, raw.epoch)?,
+            token: match raw.token {
+                None => None,
+                Some(_) => Some(token(&id, raw.token)?),
+            },
         },
         "leave" => Op::Leave {
             room: room(&id, raw.room)?,
@@ -245,15 +270,39 @@ pub fn parse_request<'a>(text: &'a str, limits: ParseLimits) -> Result<Request<'
             },
         },
         "ping" => Op::Ping,
+        "auth" => Op::Auth {
+            token: token(&id, raw.token)?,
+        },
+        "refresh" => Op::Refresh {
+            token: token(&id, raw.token)?,
+        },
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(RequestError::bad(
                 &id,
-                format!("unknown op {shown:?}; expected join, leave, publish, history or ping"),
+                format!(
+                    "unknown op {shown:?}; expected join, leave, publish, history, ping, auth or refresh"
+                ),
             ));
         }
     };
     Ok(Request { id, op })
+}
+
+/// Longest token accepted, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+fn token(id: &ReqId, raw: Option<&RawValue>) -> Result<String, RequestError> {
+    let raw = raw.ok_or_else(|| RequestError::bad(id, "missing field \"token\""))?;
+    let t: String = serde_json::from_str(raw.get())
+        .map_err(|_| RequestError::bad(id, "field \"token\" must be a string"))?;
+    if t.is_empty() || t.len() > MAX_TOKEN_BYTES {
+        return Err(RequestError::bad(
+            id,
+            format!("field \"token\" must be 1 to {MAX_TOKEN_BYTES} bytes"),
+        ));
+    }
+    Ok(t)
 }
 
 /// Longest idempotency key accepted, in bytes.
@@ -329,7 +378,8 @@ mod tests {
             Op::Join {
                 room: RoomId::new("a").unwrap(),
                 since: Some(5),
-                epoch: None
+                epoch: None,
+                token: None,
             }
         );
         let r = parse_request(
@@ -433,7 +483,8 @@ mod tests {
                 "rate_limited",
                 "forbidden",
                 "unavailable",
-                "internal"
+                "internal",
+                "unauthorized"
             ]
         );
     }

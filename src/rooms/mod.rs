@@ -168,7 +168,11 @@ impl Shards {
             | Input::Publish { room, .. }
             | Input::History { room, .. } => Some(room),
             Input::Peer { msg, .. } => Some(msg.room()),
-            Input::Members(_) | Input::View { .. } | Input::PeerReset(_) | Input::Tick => None,
+            Input::Members(_)
+            | Input::View { .. }
+            | Input::PeerReset(_)
+            | Input::PeerRestarted(_)
+            | Input::Tick => None,
         }
     }
 
@@ -330,20 +334,22 @@ fn take(
         }
         ShardInput::Peer { from, msgs } => {
             let n = msgs.len();
-            for msg in msgs {
-                let input = Input::Peer {
-                    from: from.clone(),
-                    msg,
-                };
-                step(router, input, out, batch, peers);
+            for msg in &msgs {
+                tracing::trace!(%from, kind = msg.kind(), room = %msg.room(), "peer message in");
             }
+            // One read's messages in one router batch: a replica acknowledges them per room.
+            let inputs = msgs.into_iter().map(|msg| Input::Peer {
+                from: from.clone(),
+                msg,
+            });
+            router.step_batch(crate::now_us(), inputs, out);
+            carry_out(out, batch, peers);
             n
         }
     }
 }
 
-/// One router step, its actions carried out at once (each action carries what it needs: a
-/// `Fanout` names its subscribers).
+/// One router step, its actions carried out at once.
 fn step(
     router: &mut Router<ConnHandle>,
     input: Input<ConnHandle>,
@@ -351,10 +357,13 @@ fn step(
     batch: &mut Batch,
     peers: &dyn PeerSink,
 ) {
-    if let Input::Peer { from, msg } = &input {
-        tracing::trace!(%from, kind = msg.kind(), room = %msg.room(), "peer message in");
-    }
     router.step(crate::now_us(), input, out);
+    carry_out(out, batch, peers);
+}
+
+/// Carries out a router's actions, in order (each action carries what it needs: a `Fanout`
+/// names its subscribers).
+fn carry_out(out: &mut Vec<Action<ConnHandle>>, batch: &mut Batch, peers: &dyn PeerSink) {
     for action in out.drain(..) {
         match action {
             Action::Reply { to, req, reply } => {

@@ -16,7 +16,7 @@ use super::message::{
     Unsubscribe,
 };
 use super::{Action, EvictReason, PeerError, PeerMsg, Router, Subscribers};
-use crate::ids::{ConnId, ConnName, Epoch, NodeId, RoomId};
+use crate::ids::{ConnId, ConnName, Epoch, NodeId, RoomId, UserId};
 use crate::protocol::encode::Reply;
 use crate::protocol::{ErrorCode, ReqId};
 
@@ -91,10 +91,19 @@ pub(super) struct PendingReq<H> {
     kind: ReqKind,
 }
 
+/// A local connection's publish, as `Input::Publish` brings it.
+pub(super) struct NewPublish {
+    pub(super) from: ConnName,
+    pub(super) user: Option<UserId>,
+    pub(super) data: String,
+    pub(super) key: Option<String>,
+}
+
 /// What a waiting request asks, kept so that it can be re-sent.
 enum ReqKind {
     Publish {
         from: ConnName,
+        user: Option<UserId>,
         data: ByteString,
         key: Option<ByteString>,
     },
@@ -107,10 +116,16 @@ enum ReqKind {
 impl ReqKind {
     fn to_msg(&self, room: &RoomId, token: u64) -> PeerMsg {
         match self {
-            ReqKind::Publish { from, data, key } => PeerMsg::Publish(Publish {
+            ReqKind::Publish {
+                from,
+                user,
+                data,
+                key,
+            } => PeerMsg::Publish(Publish {
                 room: room.clone(),
                 token,
                 from: from.clone(),
+                user: user.clone(),
                 data: data.clone(),
                 key: key.clone(),
             }),
@@ -306,17 +321,16 @@ impl<H: Clone> Router<H> {
     pub(super) fn publish(
         &mut self,
         handle: H,
-        from: ConnName,
         room: RoomId,
-        data: String,
-        key: Option<String>,
+        p: NewPublish,
         req: ReqId,
         out: &mut Vec<Action<H>>,
     ) {
         let kind = ReqKind::Publish {
-            from,
-            data: ByteString::from(data),
-            key: key.map(ByteString::from),
+            from: p.from,
+            user: p.user,
+            data: ByteString::from(p.data),
+            key: p.key.map(ByteString::from),
         };
         self.request(handle, room, req, kind, out);
     }

@@ -11,7 +11,7 @@ use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 
 use super::history::HistEntry;
-use crate::ids::{ConnName, Epoch, NodeId, RoomId};
+use crate::ids::{ConnName, Epoch, NodeId, RoomId, UserId};
 
 /// An error carried back to a requester.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +111,8 @@ pub struct Publish {
     pub room: RoomId,
     pub token: u64,
     pub from: ConnName,
+    /// The publisher's authenticated user (`None`: anonymous).
+    pub user: Option<UserId>,
     pub data: ByteString,
     /// The client's idempotency key: a publish whose key the room has seen is answered with
     /// the original seq instead of being sequenced again.
@@ -218,6 +220,18 @@ pub struct HandoffMoving {
     pub to: NodeId,
 }
 
+/// A replica whose copy's owner restarted (and so lost the room) tells the room's owner in
+/// its view that it holds the room at `(epoch, seq)`: if the receiver owns the room (or should,
+/// in its own view) it fetches the state the usual way (`HandoffQuery` to every live node, the
+/// furthest state wins) and confirms with `HandoffAck` once its replicas hold it. Sent again
+/// until confirmed, so a room nobody asks about does not sit on one copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoffOffer {
+    pub room: RoomId,
+    pub epoch: Epoch,
+    pub seq: u64,
+}
+
 /// One member ↔ owner, owner ↔ owner or owner ↔ replica message. Each variant is a struct
 /// passed whole to its handler.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,6 +253,7 @@ pub enum PeerMsg {
     ReplicaSync(ReplicaSync),
     ReplicaAck(ReplicaAck),
     ReplicaDrop(ReplicaDrop),
+    HandoffOffer(HandoffOffer),
 }
 
 impl PeerMsg {
@@ -263,6 +278,7 @@ impl PeerMsg {
             PeerMsg::ReplicaSync(m) => &m.room,
             PeerMsg::ReplicaAck(m) => &m.room,
             PeerMsg::ReplicaDrop(m) => &m.room,
+            PeerMsg::HandoffOffer(m) => &m.room,
         }
     }
 
@@ -310,6 +326,7 @@ impl PeerMsg {
             PeerMsg::ReplicaSync(_) => "replica_sync",
             PeerMsg::ReplicaAck(_) => "replica_ack",
             PeerMsg::ReplicaDrop(_) => "replica_drop",
+            PeerMsg::HandoffOffer(_) => "handoff_offer",
         }
     }
 }

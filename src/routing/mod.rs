@@ -53,18 +53,18 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
-use crate::ids::{ConnId, ConnName, Epoch, NodeId, RoomId};
+use crate::ids::{ConnId, ConnName, Epoch, NodeId, RoomId, UserId};
 use crate::protocol::ReqId;
 use crate::protocol::encode::Reply;
 pub use history::{HistEntry, HistoryLimits};
 pub use message::{
-    Event, Handoff, HandoffAck, HandoffMoving, HandoffQuery, HistoryReq, HistoryResp, PeerError,
-    PeerMsg, Publish, PublishAck, Refused, ReplicaAck, ReplicaDrop, ReplicaSync, Replicate,
-    RoomState, Subscribe, SubscribeAck, Unsubscribe,
+    Event, Handoff, HandoffAck, HandoffMoving, HandoffOffer, HandoffQuery, HistoryReq, HistoryResp,
+    PeerError, PeerMsg, Publish, PublishAck, Refused, ReplicaAck, ReplicaDrop, ReplicaSync,
+    Replicate, RoomState, Subscribe, SubscribeAck, Unsubscribe,
 };
 pub use replica::KEY_WINDOW;
 
-use member::{MemberRoom, PendingReq};
+use member::{MemberRoom, NewPublish, PendingReq};
 use owner::{HandoffQueue, Moved, OwnedRoom, PendingOwnership};
 use replica::RoomCopy;
 
@@ -106,6 +106,8 @@ pub enum Input<H> {
     Publish {
         handle: H,
         from: ConnName,
+        /// The publisher's authenticated user, shown in the event (`"user"`).
+        user: Option<UserId>,
         room: RoomId,
         data: String,
         /// Idempotency key: a retry with the same key gets the original seq.
@@ -133,6 +135,9 @@ pub enum Input<H> {
     },
     /// The link to `node` was reset: messages in flight either way may be lost.
     PeerReset(NodeId),
+    /// `node` restarted (a new incarnation under the same id, which the view need not show):
+    /// its link was reset, and everything it held — rooms, copies, interest — is gone.
+    PeerRestarted(NodeId),
     /// Time passed: expire history, time out requests, retry resyncs.
     Tick,
 }
@@ -245,6 +250,11 @@ pub struct Router<H> {
     publishes_by_room: Map<RoomId, Vec<u64>>,
     next_token: u64,
     now_us: u64,
+    /// Replica acknowledgements held until the end of the step batch, one per room
+    /// (`replica.rs`: `defer_ack`).
+    acks_due: Map<RoomId, (NodeId, Epoch, u64)>,
+    /// Inside `step_batch`: acknowledgements wait for its end.
+    batching: bool,
     loopback: VecDeque<PeerMsg>,
     stats: RouterStats,
 }
@@ -273,6 +283,8 @@ impl<H: Clone> Router<H> {
             // Set from the clock at the first step (see `step`).
             next_token: 0,
             now_us: 0,
+            acks_due: Map::default(),
+            batching: false,
             loopback: VecDeque::new(),
             stats: RouterStats::default(),
         }
@@ -328,11 +340,20 @@ impl<H: Clone> Router<H> {
             Input::Publish {
                 handle,
                 from,
+                user,
                 room,
                 data,
                 key,
                 req,
-            } => self.publish(handle, from, room, data, key, req, out),
+            } => {
+                let p = NewPublish {
+                    from,
+                    user,
+                    data,
+                    key,
+                };
+                self.publish(handle, room, p, req, out)
+            }
             Input::History {
                 handle,
                 room,
@@ -348,6 +369,12 @@ impl<H: Clone> Router<H> {
                 self.peer_reset_owner_side(&node, out);
                 self.peer_reset_replication(&node, out);
             }
+            Input::PeerRestarted(node) => {
+                self.peer_reset(&node, out);
+                self.peer_reset_owner_side(&node, out);
+                self.peer_reset_replication(&node, out);
+                self.peer_restarted_copies(&node, out);
+            }
             Input::Tick => {
                 self.tick_quorum(out);
                 self.tick_members(out);
@@ -359,6 +386,26 @@ impl<H: Clone> Router<H> {
             let me = self.me.clone();
             self.on_peer(me, msg, out);
         }
+        if !self.batching {
+            self.flush_acks(out);
+        }
+    }
+
+    /// Feeds inputs that arrived together (one read from a peer link) and appends the actions
+    /// of all of them to `out`: like calling `step` for each, except that what a replica
+    /// acknowledges is acknowledged once per room for the whole batch.
+    pub fn step_batch(
+        &mut self,
+        now_us: u64,
+        inputs: impl IntoIterator<Item = Input<H>>,
+        out: &mut Vec<Action<H>>,
+    ) {
+        self.batching = true;
+        for input in inputs {
+            self.step(now_us, input, out);
+        }
+        self.batching = false;
+        self.flush_acks(out);
     }
 
     /// Rooms this node owns (sequences) now.
@@ -448,6 +495,7 @@ impl<H: Clone> Router<H> {
             PeerMsg::ReplicaSync(m) => self.on_replica_sync(from, m, out),
             PeerMsg::ReplicaAck(m) => self.on_replica_ack(from, m, out),
             PeerMsg::ReplicaDrop(m) => self.on_replica_drop(&from, m),
+            PeerMsg::HandoffOffer(m) => self.on_handoff_offer(from, m, out),
         }
     }
 

@@ -23,8 +23,8 @@ use std::collections::VecDeque;
 
 use super::history::History;
 use super::message::{
-    Handoff, HandoffAck, HandoffMoving, HandoffQuery, HistoryReq, HistoryResp, Publish, PublishAck,
-    Refused, Subscribe, SubscribeAck, Unsubscribe,
+    Handoff, HandoffAck, HandoffMoving, HandoffOffer, HandoffQuery, HistoryReq, HistoryResp,
+    Publish, PublishAck, Refused, Subscribe, SubscribeAck, Unsubscribe,
 };
 use super::replica::{Keys, Progress};
 use super::{Action, HistEntry, PeerError, PeerMsg, RoomState, Router};
@@ -229,6 +229,12 @@ impl<H: Clone> Router<H> {
             self.install_owned(room.clone(), fresh, out);
             return Ownership::Ready;
         }
+        self.ask_for_state(room, candidates, out);
+        Ownership::Deferred
+    }
+
+    /// Asks `candidates` for `room`'s state and holds requests for it until they answered.
+    fn ask_for_state(&mut self, room: &RoomId, candidates: Vec<NodeId>, out: &mut Vec<Action<H>>) {
         for c in &candidates {
             self.send(
                 c.clone(),
@@ -238,6 +244,8 @@ impl<H: Clone> Router<H> {
         }
         // This node's own copy is one answer; a live owner's state (further along) wins.
         let found = self.take_copy(room);
+        // Counted as under-replicated until the state came (`under_replicated`).
+        self.replication_changed = true;
         self.pending_owner.insert(
             room.clone(),
             PendingOwnership {
@@ -250,7 +258,77 @@ impl<H: Clone> Router<H> {
                 queued: VecDeque::new(),
             },
         );
-        Ownership::Deferred
+    }
+
+    /// Takes over `room`, which this node owns in its view and which a live node is known to
+    /// hold (a copy stranded by its owner's restart, here or at `holder`): asks every other
+    /// live node for the furthest state, however long ago the view changed.
+    pub(super) fn take_over(
+        &mut self,
+        room: &RoomId,
+        holder: Option<&NodeId>,
+        out: &mut Vec<Action<H>>,
+    ) {
+        if self.owned.contains_key(room)
+            || self.pending_owner.contains_key(room)
+            || self.moved.get(room).is_some_and(|m| m.state.is_some())
+        {
+            return;
+        }
+        let mut candidates: Vec<NodeId> = self
+            .live
+            .iter()
+            .filter(|n| **n != self.me)
+            .cloned()
+            .collect();
+        if let Some(h) = holder
+            && *h != self.me
+            && !candidates.contains(h)
+        {
+            candidates.push(h.clone());
+        }
+        if candidates.is_empty() {
+            self.promote(room, out);
+            return;
+        }
+        self.ask_for_state(room, candidates, out);
+    }
+
+    /// A replica offers a room whose owner restarted (`HandoffOffer`).
+    pub(super) fn on_handoff_offer(
+        &mut self,
+        from: NodeId,
+        m: HandoffOffer,
+        out: &mut Vec<Action<H>>,
+    ) {
+        if !self.has_quorum() {
+            return;
+        }
+        let HandoffOffer { room, epoch, seq } = m;
+        if let Some(r) = self.owned.get(&room) {
+            if r.epoch == epoch && r.seq < seq {
+                // The offered copy is further along: fetch it (same epoch, longer, wins).
+                self.send(from, PeerMsg::HandoffQuery(HandoffQuery { room }), out);
+                return;
+            }
+            if r.epoch != epoch {
+                self.stats.handoff_conflicts += 1;
+                tracing::warn!(%room, from = %from, "a replica offered a room already in use here in another epoch; kept the local state");
+            }
+            // Confirmed once this node's replicas hold the room.
+            self.confirm_handoff(room, from, epoch, seq, out);
+            return;
+        }
+        if let Some(p) = self.pending_owner.get_mut(&room) {
+            if !p.waiting.contains(&from) {
+                p.waiting.push(from.clone());
+                self.send(from, PeerMsg::HandoffQuery(HandoffQuery { room }), out);
+            }
+            return;
+        }
+        if self.owner_of(&room) == self.me {
+            self.take_over(&room, Some(&from), out);
+        }
     }
 
     fn handoff_wait_us(&self) -> u64 {
@@ -333,27 +411,40 @@ impl<H: Clone> Router<H> {
         }
     }
 
+    /// A read (`Subscribe`, `HistoryReq`) that may be served now, given back; `None` when it
+    /// was refused, deferred (the room's state is on its way) or held until the owner's
+    /// uncommitted tail is committed (reads see committed entries only).
+    fn gate_read(
+        &mut self,
+        from: &NodeId,
+        msg: PeerMsg,
+        out: &mut Vec<Action<H>>,
+    ) -> Option<PeerMsg> {
+        if !self.owner_gate(from, &msg, out) {
+            return None;
+        }
+        let r = self.owned.get_mut(msg.room())?;
+        if r.committed < r.hold_until {
+            r.held.push_back((from.clone(), msg));
+            return None;
+        }
+        Some(msg)
+    }
+
     /// Registers `from`'s interest and answers with the room's committed position and, with
     /// `since`, the history after it. `msg` is a `PeerMsg::Subscribe`, kept whole so that it
     /// can be held or refused as it came.
     pub(super) fn owner_subscribe(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
-        if !self.owner_gate(&from, &msg, out) {
-            return;
-        }
-        let Some(r) = self.owned.get_mut(msg.room()) else {
-            return;
-        };
-        if r.committed < r.hold_until {
-            r.held.push_back((from, msg));
-            return;
-        }
-        let PeerMsg::Subscribe(Subscribe {
+        let Some(PeerMsg::Subscribe(Subscribe {
             room,
             token,
             since,
             epoch,
-        }) = msg
+        })) = self.gate_read(&from, msg, out)
         else {
+            return;
+        };
+        let Some(r) = self.owned.get_mut(&room) else {
             return;
         };
         if !r.interested.contains(&from) {
@@ -406,6 +497,7 @@ impl<H: Clone> Router<H> {
             room,
             token,
             from: conn,
+            user,
             data,
             key,
         }) = msg
@@ -431,7 +523,15 @@ impl<H: Clone> Router<H> {
         }
         r.seq += 1;
         let seq = r.seq;
-        let frame = encode::event(&room, seq, &r.epoch, &data, conn.as_str(), now_us / 1000);
+        let frame = encode::event(
+            &room,
+            seq,
+            &r.epoch,
+            &data,
+            conn.as_str(),
+            user.as_ref(),
+            now_us / 1000,
+        );
         let entry = HistEntry {
             seq,
             accepted_us: now_us,
@@ -451,23 +551,16 @@ impl<H: Clone> Router<H> {
 
     /// Answers a history read (`msg` is a `PeerMsg::HistoryReq`) from committed entries.
     pub(super) fn owner_history(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
-        if !self.owner_gate(&from, &msg, out) {
-            return;
-        }
-        let Some(r) = self.owned.get_mut(msg.room()) else {
-            return;
-        };
-        if r.committed < r.hold_until {
-            r.held.push_back((from, msg));
-            return;
-        }
-        let PeerMsg::HistoryReq(HistoryReq {
+        let Some(PeerMsg::HistoryReq(HistoryReq {
             room,
             token,
             since,
             limit,
-        }) = msg
+        })) = self.gate_read(&from, msg, out)
         else {
+            return;
+        };
+        let Some(r) = self.owned.get_mut(&room) else {
             return;
         };
         let s = r.history.since(
@@ -698,7 +791,8 @@ impl<H: Clone> Router<H> {
         ack: HandoffAck,
         out: &mut Vec<Action<H>>,
     ) {
-        let HandoffAck { room, .. } = ack;
+        let HandoffAck { room, epoch, seq } = ack;
+        self.stranded_copy_taken(&room, &epoch, seq);
         let now = self.now_us;
         if let Some(m) = self.moved.get_mut(&room)
             && m.to == from

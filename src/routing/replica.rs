@@ -37,7 +37,9 @@ use std::collections::{HashMap, VecDeque};
 use bytestring::ByteString;
 
 use super::history::History;
-use super::message::{Event, PublishAck, ReplicaAck, ReplicaDrop, ReplicaSync, Replicate};
+use super::message::{
+    Event, HandoffOffer, PublishAck, ReplicaAck, ReplicaDrop, ReplicaSync, Replicate,
+};
 use super::owner::OwnedRoom;
 use super::{Action, HistEntry, PeerMsg, RoomState, Router, hash};
 use crate::ids::{Epoch, NodeId, RoomId};
@@ -46,6 +48,8 @@ use crate::ids::{Epoch, NodeId, RoomId};
 pub const KEY_WINDOW: usize = 1024;
 /// A replica sync not acknowledged for this long is sent again.
 const RESYNC_AFTER_US: u64 = 5_000_000;
+/// How often a stranded copy is offered to the room's owner until it is taken.
+const OFFER_EVERY_US: u64 = 1_000_000;
 
 /// A room's recent publish keys and the seq each got, bounded to [`KEY_WINDOW`].
 #[derive(Debug, Default)]
@@ -113,36 +117,59 @@ pub(super) struct RoomCopy {
     moves: u64,
     history: History,
     keys: Keys,
+    /// The owner restarted (a new incarnation under its id) and so lost the room: this copy
+    /// may be the only one. Offered to the room's owner (`HandoffOffer`) until it confirms it
+    /// holds the room or syncs this node afresh; counted as under-replicated meanwhile.
+    stranded: bool,
+    /// When the next offer may go out.
+    offer_at_us: u64,
+}
+
+/// A room as a replica holds it (no interest, no waiting publishers): what a sync sends and
+/// what a copy hands over.
+fn replica_state(
+    epoch: &Epoch,
+    seq: u64,
+    committed: u64,
+    moves: u64,
+    history: &History,
+    keys: &Keys,
+) -> RoomState {
+    RoomState {
+        epoch: epoch.clone(),
+        seq,
+        moves,
+        history: history.to_vec(),
+        interested: Vec::new(),
+        committed,
+        keys: keys.to_vec(),
+        waiters: Vec::new(),
+    }
 }
 
 impl RoomCopy {
     fn to_state(&self) -> RoomState {
-        RoomState {
-            epoch: self.epoch.clone(),
-            seq: self.seq,
-            moves: self.moves,
-            history: self.history.to_vec(),
-            interested: Vec::new(),
-            committed: self.committed,
-            keys: self.keys.to_vec(),
-            waiters: Vec::new(),
-        }
+        replica_state(
+            &self.epoch,
+            self.seq,
+            self.committed,
+            self.moves,
+            &self.history,
+            &self.keys,
+        )
     }
 }
 
 impl OwnedRoom {
-    /// The room as a replica gets it: no interest, no waiting publishers.
     fn sync_state(&self) -> RoomState {
-        RoomState {
-            epoch: self.epoch.clone(),
-            seq: self.seq,
-            moves: self.moves,
-            history: self.history.to_vec(),
-            interested: Vec::new(),
-            committed: self.committed,
-            keys: self.keys.to_vec(),
-            waiters: Vec::new(),
-        }
+        replica_state(
+            &self.epoch,
+            self.seq,
+            self.committed,
+            self.moves,
+            &self.history,
+            &self.keys,
+        )
     }
 }
 
@@ -424,6 +451,9 @@ impl<H: Clone> Router<H> {
 
     // ---------------------------------------------------------------- the replica's side
 
+    /// Acknowledges to the owner `to` what this node's copy of `room` holds. Sent at once,
+    /// after any acknowledgement of the same room still held for the batch (so the owner sees
+    /// them in order).
     fn ack(
         &mut self,
         to: NodeId,
@@ -433,16 +463,73 @@ impl<H: Clone> Router<H> {
         ok: bool,
         out: &mut Vec<Action<H>>,
     ) {
-        self.send(
-            to,
-            PeerMsg::ReplicaAck(ReplicaAck {
-                room,
-                epoch,
-                seq,
-                ok,
-            }),
-            out,
-        );
+        if let Some((n, e, s)) = self.acks_due.remove(&room) {
+            self.send_ack(n, room.clone(), e, s, out);
+        }
+        if ok {
+            self.send_ack(to, room, epoch, seq, out);
+        } else {
+            self.send(
+                to,
+                PeerMsg::ReplicaAck(ReplicaAck {
+                    room,
+                    epoch,
+                    seq,
+                    ok,
+                }),
+                out,
+            );
+        }
+    }
+
+    fn send_ack(
+        &mut self,
+        to: NodeId,
+        room: RoomId,
+        epoch: Epoch,
+        seq: u64,
+        out: &mut Vec<Action<H>>,
+    ) {
+        let ack = ReplicaAck {
+            room,
+            epoch,
+            seq,
+            ok: true,
+        };
+        self.send(to, PeerMsg::ReplicaAck(ack), out);
+    }
+
+    /// Acknowledges an applied `Replicate`: held until the end of the step batch, where one
+    /// acknowledgement per room covers every message of the batch (acknowledgements are
+    /// cumulative: "the copy holds everything up to `seq`"). The owner then commits, and sends
+    /// the events on, in groups rather than one by one.
+    fn defer_ack(
+        &mut self,
+        to: NodeId,
+        room: RoomId,
+        epoch: Epoch,
+        seq: u64,
+        out: &mut Vec<Action<H>>,
+    ) {
+        match self.acks_due.get_mut(&room) {
+            Some((n, e, s)) if *n == to && *e == epoch => *s = (*s).max(seq),
+            _ => {
+                if let Some((n, e, s)) = self.acks_due.insert(room.clone(), (to, epoch, seq)) {
+                    self.send_ack(n, room, e, s, out);
+                }
+            }
+        }
+    }
+
+    /// Sends the acknowledgements held for the step batch.
+    pub(super) fn flush_acks(&mut self, out: &mut Vec<Action<H>>) {
+        if self.acks_due.is_empty() {
+            return;
+        }
+        let due: Vec<(RoomId, (NodeId, Epoch, u64))> = self.acks_due.drain().collect();
+        for (room, (to, epoch, seq)) in due {
+            self.send_ack(to, room, epoch, seq, out);
+        }
     }
 
     /// Whether replication for `room` is ignored here: this node is fenced, or it owns the
@@ -486,7 +573,7 @@ impl<H: Clone> Router<H> {
             _ => None,
         };
         match applied {
-            Some(seq) => self.ack(from, m.room, m.epoch, seq, true, out),
+            Some(seq) => self.defer_ack(from, m.room, m.epoch, seq, out),
             None => self.ack(from, m.room, m.epoch, 0, false, out),
         }
     }
@@ -518,6 +605,8 @@ impl<H: Clone> Router<H> {
                 moves: s.moves,
                 history,
                 keys: Keys::from_vec(s.keys),
+                stranded: false,
+                offer_at_us: 0,
             },
         );
         self.ack(from, m.room, epoch, seq, true, out);
@@ -603,6 +692,7 @@ impl<H: Clone> Router<H> {
             }
             self.refresh_replicas(&room, out);
         }
+        self.offer_stranded(out);
     }
 
     /// Turns this node's copy of `room` into the owned room.
@@ -633,6 +723,7 @@ impl<H: Clone> Router<H> {
         for (room, node) in late {
             self.sync_replica(&room, node, out);
         }
+        self.offer_stranded(out);
     }
 
     /// Expires the history of copies by age, like their owners do.
@@ -654,9 +745,12 @@ impl<H: Clone> Router<H> {
         self.copies.len()
     }
 
-    /// Owned rooms with fewer up-to-date replicas than configured.
+    /// Rooms with fewer up-to-date copies than configured, as far as this node knows: owned
+    /// rooms short of synced replicas, rooms this node is taking over whose state has not come
+    /// yet, and copies stranded by their owner's restart (the only copy, until taken).
     pub fn under_replicated(&self) -> usize {
-        self.owned
+        let owned = self
+            .owned
             .values()
             .filter(|r| {
                 r.replicas
@@ -665,6 +759,86 @@ impl<H: Clone> Router<H> {
                     .count()
                     < self.cfg.replicas
             })
-            .count()
+            .count();
+        let stranded = self.copies.values().filter(|c| c.stranded).count();
+        let taking_over = if self.cfg.replicas > 0 {
+            self.pending_owner.len()
+        } else {
+            0
+        };
+        owned + stranded + taking_over
+    }
+
+    // ------------------------------------------------- copies stranded by a restart
+
+    /// `node` restarted: the rooms it owned are gone there, and this node's copies of them may
+    /// be the only ones left. Mark them and offer them to the rooms' owners.
+    pub(super) fn peer_restarted_copies(&mut self, node: &NodeId, out: &mut Vec<Action<H>>) {
+        let mut any = false;
+        for c in self.copies.values_mut().filter(|c| c.owner == *node) {
+            c.stranded = true;
+            c.offer_at_us = 0;
+            any = true;
+        }
+        if any {
+            self.replication_changed = true;
+            self.offer_stranded(out);
+        }
+    }
+
+    /// Offers each stranded copy that is due to the room's owner in this node's view; a room
+    /// this node owns now is taken over the usual way (asking every live node for the
+    /// furthest state, this copy among them).
+    pub(super) fn offer_stranded(&mut self, out: &mut Vec<Action<H>>) {
+        let now = self.now_us;
+        let due: Vec<RoomId> = self
+            .copies
+            .iter()
+            .filter(|(_, c)| c.stranded && c.offer_at_us <= now)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in due {
+            let owner = self.owner_of(&room);
+            if owner == self.me {
+                self.take_over(&room, None, out);
+                continue;
+            }
+            let Some(c) = self.copies.get_mut(&room) else {
+                continue;
+            };
+            c.offer_at_us = now + OFFER_EVERY_US;
+            let offer = HandoffOffer {
+                room: room.clone(),
+                epoch: c.epoch.clone(),
+                seq: c.seq,
+            };
+            self.send(owner, PeerMsg::HandoffOffer(offer), out);
+        }
+    }
+
+    /// The room's owner confirmed it holds `room` at `(epoch, seq)` or later: a stranded copy
+    /// it covers is no longer the only one, and is dropped unless this node replicates the
+    /// room in its view (the owner then syncs it afresh).
+    pub(super) fn stranded_copy_taken(&mut self, room: &RoomId, epoch: &Epoch, seq: u64) {
+        let covered = self
+            .copies
+            .get(room)
+            .is_some_and(|c| c.stranded && c.epoch == *epoch && c.seq <= seq);
+        if !covered {
+            return;
+        }
+        self.replication_changed = true;
+        let replica = hash::ranked(room, &self.members)
+            .iter()
+            .skip(1)
+            .take(self.cfg.replicas)
+            .any(|n| *n == self.me);
+        if replica {
+            if let Some(c) = self.copies.get_mut(room) {
+                c.stranded = false;
+            }
+        } else {
+            self.copies.remove(room);
+        }
     }
 }

@@ -16,7 +16,7 @@
 //! and could destroy frames still on their way to the client. Bad input ends at most this
 //! connection; nothing here panics on client input.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,9 @@ use actix::{Actor, ActorContext, AsyncContext, Handler, StreamHandler};
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
+use crate::auth::{AuthMode, CLOCK_LEEWAY_S, Claims, Failure, Right};
 use crate::conn::{CloseNow, ConnHandle, JoinDone, send_reply};
-use crate::ids::{ConnId, ConnName, RoomId};
+use crate::ids::{ConnId, ConnName, RoomId, UserId};
 use crate::metrics as m;
 use crate::node::NodeContext;
 use crate::protocol::CloseReason;
@@ -82,6 +83,16 @@ const ERROR_RATE: f64 = 10.0;
 /// (or hang up) before the socket is closed anyway.
 pub const LINGER: Duration = Duration::from_secs(1);
 
+/// What a connection may do, from its token (docs/protocol.md, "Authentication").
+enum Identity {
+    /// `auth = off`, or `optional` without a token: every right, no user.
+    Anonymous,
+    /// `auth = required` and no valid token yet: only `auth` and `ping`.
+    Unauthenticated,
+    /// Authenticated: the token's user and claims (rights, expiry).
+    User { id: UserId, claims: Claims },
+}
+
 /// The connection actor.
 pub struct Session {
     id: ConnId,
@@ -90,6 +101,14 @@ pub struct Session {
     handle: Option<ConnHandle>,
     outbox: Outbox,
     rooms: HashSet<RoomId>,
+    identity: Identity,
+    /// The token from the connection's URL (`?token=`), checked when the actor starts.
+    url_token: Option<String>,
+    /// Rights granted by per-room tokens given with `join`, for the rooms joined with one
+    /// (bounded by `max_rooms_per_conn`).
+    room_tokens: HashMap<RoomId, Claims>,
+    /// Bumped on every new token: an expiry timer of an older token does nothing.
+    token_gen: u64,
     publish_bucket: Bucket,
     error_bucket: Bucket,
     last_seen: Instant,
@@ -119,7 +138,12 @@ const RESUME_RECHECK: Duration = Duration::from_millis(10);
 impl Session {
     /// Starts the actor for an accepted WebSocket on the current worker thread (the one that
     /// accepted it), with its writer task. `leftover`: bytes read past the handshake.
-    pub fn start(node: Arc<NodeContext>, stream: TcpStream, leftover: BytesMut) {
+    pub fn start(
+        node: Arc<NodeContext>,
+        stream: TcpStream,
+        leftover: BytesMut,
+        url_token: Option<String>,
+    ) {
         let cfg = &node.config;
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
@@ -129,6 +153,10 @@ impl Session {
         let id = ConnId::next();
         let name = ConnName::new(&node.node_id, id);
         let publish_bucket = Bucket::new(f64::from(cfg.publish_rate), f64::from(cfg.publish_burst));
+        let identity = match cfg.auth {
+            AuthMode::Required => Identity::Unauthenticated,
+            AuthMode::Off | AuthMode::Optional => Identity::Anonymous,
+        };
         let addr = Session::create(move |ctx| {
             ctx.add_stream(reader);
             Session {
@@ -138,6 +166,10 @@ impl Session {
                 handle: None,
                 outbox,
                 rooms: HashSet::new(),
+                identity,
+                url_token,
+                room_tokens: HashMap::new(),
+                token_gen: 0,
                 publish_bucket,
                 error_bucket: Bucket::new(ERROR_RATE, ERROR_BURST),
                 last_seen: Instant::now(),
@@ -255,6 +287,245 @@ impl Session {
         }
     }
 
+    /// Whether this connection may use `right` in `room`: its connection token's rights, or
+    /// those of a room token it joined the room with.
+    fn allows(&self, room: &RoomId, right: Right) -> bool {
+        match &self.identity {
+            Identity::Anonymous => true,
+            Identity::Unauthenticated => false,
+            Identity::User { claims, .. } => {
+                claims.allows(room.as_str(), right)
+                    || self
+                        .room_tokens
+                        .get(room)
+                        .is_some_and(|t| t.allows(room.as_str(), right))
+            }
+        }
+    }
+
+    /// Checks that the connection may use `right` in `room`; if not, answers with
+    /// `unauthorized` (no token yet) or `forbidden` and returns false.
+    fn check_right(
+        &mut self,
+        ctx: &mut actix::Context<Self>,
+        id: &ReqId,
+        room: &RoomId,
+        right: Right,
+    ) -> bool {
+        if self.allows(room, right) {
+            return true;
+        }
+        if matches!(self.identity, Identity::Unauthenticated) {
+            m::protocol_error(ErrorCode::Unauthorized);
+            self.reply(
+                id,
+                &Reply::error(
+                    ErrorCode::Unauthorized,
+                    "authenticate first: send {\"op\":\"auth\",\"token\":...}",
+                ),
+            );
+        } else {
+            self.client_error(
+                ctx,
+                id,
+                ErrorCode::Forbidden,
+                &format!("no {} right in room {room}", right.as_str()),
+            );
+        }
+        false
+    }
+
+    /// Verifies a token, counting a failure by its reason; gives the token's user and claims.
+    fn verify(&self, token: &str) -> Result<(UserId, Claims), Failure> {
+        let Some(v) = &self.node.verifier else {
+            return Err(Failure::Missing);
+        };
+        let checked = v.verify(token).and_then(|c| {
+            let user = UserId::new(&c.sub).map_err(|_| Failure::BadClaims)?;
+            Ok((user, c))
+        });
+        checked.inspect_err(|f| m::auth_failure(f.reason()))
+    }
+
+    /// Makes `claims` the connection's identity and closes the connection with 4401 when they
+    /// expire — at `exp` plus the verifier's clock-skew leeway — unless a `refresh` replaced
+    /// them.
+    fn set_identity(
+        &mut self,
+        ctx: &mut actix::Context<Self>,
+        (id, claims): (UserId, Claims),
+    ) -> Reply {
+        let exp = claims.exp;
+        self.token_gen += 1;
+        let gen_now = self.token_gen;
+        // Valid as long as the verifier would still accept it (clock skew tolerance).
+        let left = (exp + CLOCK_LEEWAY_S).saturating_sub(crate::now_us() / 1_000_000);
+        ctx.run_later(Duration::from_secs(left), move |act, ctx| {
+            if act.token_gen == gen_now && !act.closing {
+                m::auth_failure("expired");
+                act.reply(
+                    &ReqId::NONE,
+                    &Reply::error(
+                        ErrorCode::Unauthorized,
+                        "token expired; reconnect with a new one",
+                    ),
+                );
+                act.close(ctx, CloseReason::Unauthorized);
+            }
+        });
+        self.identity = Identity::User {
+            id: id.clone(),
+            claims,
+        };
+        Reply::Authenticated { user: id, exp }
+    }
+
+    /// A token that was refused where the connection cannot go on without one: answer
+    /// `unauthorized` and close with 4401.
+    fn refuse_token(&mut self, ctx: &mut actix::Context<Self>, id: &ReqId, why: &str) {
+        m::protocol_error(ErrorCode::Unauthorized);
+        self.reply(id, &Reply::error(ErrorCode::Unauthorized, why));
+        self.close(ctx, CloseReason::Unauthorized);
+    }
+
+    /// Checks the URL's token, or (with `auth = required` and none) gives the client
+    /// `auth_timeout` to send `auth`.
+    fn start_auth(&mut self, ctx: &mut actix::Context<Self>) {
+        let cfg = &self.node.config;
+        if cfg.auth == AuthMode::Off {
+            return;
+        }
+        if let Some(token) = self.url_token.take() {
+            match self.verify(&token) {
+                Ok(claims) => {
+                    self.set_identity(ctx, claims);
+                }
+                Err(f) => {
+                    let why = format!("token refused: {f}");
+                    self.refuse_token(ctx, &ReqId::NONE, &why);
+                }
+            }
+            return;
+        }
+        if cfg.auth == AuthMode::Required {
+            let timeout = cfg.auth_timeout;
+            ctx.run_later(timeout, |act, ctx| {
+                if matches!(act.identity, Identity::Unauthenticated) && !act.closing {
+                    m::auth_failure("missing");
+                    act.refuse_token(ctx, &ReqId::NONE, "no token within auth_timeout");
+                }
+            });
+        }
+    }
+
+    fn on_auth(&mut self, ctx: &mut actix::Context<Self>, id: ReqId, token: &str) {
+        if self.node.config.auth == AuthMode::Off {
+            return self.client_error(
+                ctx,
+                &id,
+                ErrorCode::BadRequest,
+                "authentication is off on this node",
+            );
+        }
+        if matches!(self.identity, Identity::User { .. }) {
+            return self.client_error(
+                ctx,
+                &id,
+                ErrorCode::BadRequest,
+                "already authenticated; use refresh to extend the token",
+            );
+        }
+        match self.verify(token) {
+            Ok(claims) => {
+                let reply = self.set_identity(ctx, claims);
+                self.reply(&id, &reply);
+            }
+            Err(f) if self.node.config.auth == AuthMode::Required => {
+                self.refuse_token(ctx, &id, &f.to_string());
+            }
+            Err(f) => {
+                // Optional: the connection stays anonymous.
+                m::protocol_error(ErrorCode::Unauthorized);
+                self.reply(&id, &Reply::error(ErrorCode::Unauthorized, f.to_string()));
+            }
+        }
+    }
+
+    fn on_refresh(&mut self, ctx: &mut actix::Context<Self>, id: ReqId, token: &str) {
+        let Identity::User { id: user, .. } = &self.identity else {
+            m::protocol_error(ErrorCode::Unauthorized);
+            return self.reply(
+                &id,
+                &Reply::error(
+                    ErrorCode::Unauthorized,
+                    "not authenticated; send auth first",
+                ),
+            );
+        };
+        let user = user.clone();
+        match self.verify(token) {
+            Ok((new, _)) if new != user => self.client_error(
+                ctx,
+                &id,
+                ErrorCode::Forbidden,
+                "the new token is for another user",
+            ),
+            Ok(claims) => {
+                let reply = self.set_identity(ctx, claims);
+                self.reply(&id, &reply);
+            }
+            // The current token still holds until it expires.
+            Err(f) => {
+                m::protocol_error(ErrorCode::Unauthorized);
+                self.reply(&id, &Reply::error(ErrorCode::Unauthorized, f.to_string()));
+            }
+        }
+    }
+
+    /// Checks a join's room token; on success its rights apply to the room while joined.
+    fn join_token(
+        &mut self,
+        ctx: &mut actix::Context<Self>,
+        id: &ReqId,
+        room: &RoomId,
+        token: &str,
+    ) -> bool {
+        if self.node.config.auth == AuthMode::Off {
+            return true;
+        }
+        let (token_user, claims) = match self.verify(token) {
+            Ok(c) => c,
+            Err(f) => {
+                m::protocol_error(ErrorCode::Unauthorized);
+                self.reply(id, &Reply::error(ErrorCode::Unauthorized, f.to_string()));
+                return false;
+            }
+        };
+        match &self.identity {
+            Identity::User { id: user, .. } if *user != token_user => {
+                self.client_error(
+                    ctx,
+                    id,
+                    ErrorCode::Forbidden,
+                    "the room token is for another user",
+                );
+                return false;
+            }
+            Identity::Unauthenticated => {
+                // A room token authenticates nothing but its room.
+                m::protocol_error(ErrorCode::Unauthorized);
+                self.reply(
+                    id,
+                    &Reply::error(ErrorCode::Unauthorized, "authenticate the connection first"),
+                );
+                return false;
+            }
+            _ => {}
+        }
+        self.room_tokens.insert(room.clone(), claims);
+        true
+    }
+
     fn on_text(&mut self, ctx: &mut actix::Context<Self>, text: &str) {
         let limits = ParseLimits {
             max_data_bytes: self.node.config.max_data_bytes,
@@ -271,7 +542,14 @@ impl Session {
                     ts: crate::now_us() / 1000,
                 },
             ),
-            Op::Join { room, since, epoch } => {
+            Op::Auth { token } => self.on_auth(ctx, id, &token),
+            Op::Refresh { token } => self.on_refresh(ctx, id, &token),
+            Op::Join {
+                room,
+                since,
+                epoch,
+                token,
+            } => {
                 if self.rooms.contains(&room) {
                     return self.client_error(
                         ctx,
@@ -288,6 +566,15 @@ impl Session {
                         ErrorCode::Forbidden,
                         &format!("this connection has joined {max} rooms, the limit"),
                     );
+                }
+                if let Some(t) = token
+                    && !self.join_token(ctx, &id, &room, &t)
+                {
+                    return;
+                }
+                if !self.check_right(ctx, &id, &room, Right::Subscribe) {
+                    self.room_tokens.remove(&room);
+                    return;
                 }
                 self.rooms.insert(room.clone());
                 if since.is_some() {
@@ -318,6 +605,7 @@ impl Session {
                         );
                     }
                     self.rooms.remove(&room);
+                    self.room_tokens.remove(&room);
                     return self.reply(&id, &Reply::Left { room });
                 }
                 if !self.rooms.remove(&room) {
@@ -328,6 +616,7 @@ impl Session {
                         &format!("not joined to room {room}"),
                     );
                 }
+                self.room_tokens.remove(&room);
                 let input = Input::Leave {
                     conn: self.id,
                     handle: self.conn_handle(),
@@ -346,6 +635,9 @@ impl Session {
                 }
             }
             Op::Publish { room, data, key } => {
+                if !self.check_right(ctx, &id, &room, Right::Publish) {
+                    return;
+                }
                 if !self.publish_bucket.take(Instant::now()) {
                     m::protocol_error(ErrorCode::RateLimited);
                     return self.reply(
@@ -356,9 +648,14 @@ impl Session {
                         ),
                     );
                 }
+                let user = match &self.identity {
+                    Identity::User { id, .. } => Some(id.clone()),
+                    _ => None,
+                };
                 let input = Input::Publish {
                     handle: self.conn_handle(),
                     from: self.name.clone(),
+                    user,
                     room,
                     data: data.to_string(),
                     key,
@@ -372,6 +669,9 @@ impl Session {
                 }
             }
             Op::History { room, since, limit } => {
+                if !self.check_right(ctx, &id, &room, Right::History) {
+                    return;
+                }
                 let cap = self.node.config.history_max_messages as u64;
                 let input = Input::History {
                     handle: self.conn_handle(),
@@ -408,6 +708,7 @@ impl Actor for Session {
             &encode::welcome(&self.name, &self.node.node_id, hb.as_millis() as u64),
             FrameKind::Control,
         );
+        self.start_auth(ctx);
         let max_silence = hb * self.node.config.heartbeat_max_missed;
         ctx.run_interval(hb, move |act, ctx| {
             if act.closing {

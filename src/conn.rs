@@ -6,7 +6,10 @@
 //! both the connection actor (`session`) and the room shards (`rooms`), so neither reaches up
 //! into the other.
 
+use std::sync::{Arc, Mutex};
+
 use actix::{Message, Recipient};
+use tokio::sync::oneshot;
 
 use crate::ids::RoomId;
 use crate::metrics as m;
@@ -19,12 +22,45 @@ use crate::socket::outbox::{Frame, FrameKind, Outbox};
 pub struct WorkerId(pub u16);
 
 /// What the room shards hold for a local connection: where to write, which worker owns it,
-/// and whom to tell when a join failed.
+/// and whom to tell when a join failed. A server API request (`api`) is a connection without
+/// a socket: it never joins, and its one reply goes to its [`ReplySlot`].
 #[derive(Clone)]
 pub struct ConnHandle {
     pub outbox: Outbox,
     pub worker: WorkerId,
-    pub conn: Recipient<JoinDone>,
+    /// The connection's actor (`None` for a server API request).
+    pub conn: Option<Recipient<JoinDone>>,
+    /// A server API request's reply goes here instead of to `outbox`.
+    pub reply: Option<Arc<ReplySlot>>,
+}
+
+impl ConnHandle {
+    /// The handle of one server API request, and where its reply arrives.
+    pub fn api() -> (ConnHandle, oneshot::Receiver<Reply>) {
+        let (tx, rx) = oneshot::channel();
+        // Never written to: the reply goes to the slot.
+        let (outbox, _) = crate::socket::outbox::outbox(1, 1);
+        let handle = ConnHandle {
+            outbox,
+            worker: WorkerId(0),
+            conn: None,
+            reply: Some(Arc::new(ReplySlot(Mutex::new(Some(tx))))),
+        };
+        (handle, rx)
+    }
+}
+
+/// Where the one reply of a server API request goes.
+pub struct ReplySlot(Mutex<Option<oneshot::Sender<Reply>>>);
+
+impl ReplySlot {
+    /// Hands the reply over (the first one; a request has exactly one).
+    pub fn send(&self, reply: Reply) {
+        let tx = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(tx) = tx {
+            let _ = tx.send(reply);
+        }
+    }
 }
 
 impl std::fmt::Debug for ConnHandle {

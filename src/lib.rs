@@ -17,17 +17,21 @@
 //! * [`conn`] — what the node holds of a connection (`ConnHandle`) and the messages it sends one.
 //! * [`delivery`] — room shards hand deliveries to connection worker threads in batches.
 //! * [`node`] — what a running node is for the layers that serve clients (`NodeContext`).
-//! * [`session`] — the WebSocket connection actor: client protocol and per-connection limits.
-//! * [`http`] — routes only: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/cluster`.
+//! * [`session`] — the WebSocket connection actor: client protocol, per-connection limits,
+//!   authentication (tokens, rights, expiry).
+//! * [`api`] — the server API's work: backends' publishes and history reads enter the room
+//!   shards like a client's.
+//! * [`http`] — routes only: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/cluster`, `/api/…`.
 //! * [`metrics`] — every metric name and help text, and the Prometheus recorder.
 //! * [`auth`] — JWT verification (HS256 secret, PEM key, JWKS), room rights from the `rooms`
 //!   claim, API keys for the server API. Reads key files; no I/O beyond that.
 //! * [`server`] — wiring: runtimes, shards, HTTP server, signals and shutdown.
 //!
-//! Imports point down only: `server` → `http` → `session` → `node` → `rooms`, `internode`,
+//! Imports point down only: `server` → `http` → `session`, `api` → `node` → `rooms`, `internode`,
 //! `cluster` → `delivery` → `conn` → `socket`, `routing` → `metrics` → `protocol` → `ids`.
 //! `auth` imports nothing from the crate; the layers that admit clients call it.
 
+pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod cli;

@@ -46,6 +46,7 @@ pub const INTERNODE_BYTES: &str = "roomcast_internode_bytes_total";
 pub const INTERNODE_REJECTED: &str = "roomcast_internode_rejected_total";
 pub const INTERNODE_DROPPED: &str = "roomcast_internode_queue_overflows_total";
 pub const AUTH_FAILURES: &str = "roomcast_auth_failures_total";
+pub const API_REQUESTS: &str = "roomcast_api_requests_total";
 
 /// Histogram buckets for latencies, in seconds (50 µs … 5 s).
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -83,6 +84,10 @@ fn describe() {
     describe_gauge!(CONNECTIONS, "WebSocket connections open on this node");
     describe_gauge!(ROOMS, "Rooms this node owns (sequences) now");
     describe_counter!(PUBLISHED, "Publishes acknowledged to clients of this node");
+    describe_counter!(
+        API_REQUESTS,
+        "Server API requests answered, by endpoint and HTTP status"
+    );
     describe_counter!(
         AUTH_FAILURES,
         "Client tokens refused, by reason (missing, malformed, expired, bad_signature, unknown_key, algorithm, bad_claims)"
@@ -268,6 +273,12 @@ pub fn render_latency(out: &mut String) {
 
 pub fn protocol_error(code: ErrorCode) {
     metrics::counter!(PROTOCOL_ERRORS, "code" => code.as_str()).increment(1);
+}
+
+/// A server API request answered, by endpoint and HTTP status.
+pub fn api_request(endpoint: &'static str, status: u16) {
+    metrics::counter!(API_REQUESTS, "endpoint" => endpoint, "status" => status.to_string())
+        .increment(1);
 }
 
 /// A client token refused (or missing, or expired), by reason (`auth::Failure::reason`).

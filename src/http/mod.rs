@@ -7,7 +7,9 @@
 //! * `GET /readyz` — the node accepts clients (503 while shutting down).
 //! * `GET /metrics` — Prometheus text format.
 //! * `GET /cluster` — this node's view of the cluster members.
+//! * `/api/...` — the server API for backends ([`api`]).
 
+pub mod api;
 pub mod upgrade;
 
 use actix_web::http::StatusCode;
@@ -21,7 +23,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
-        .route("/cluster", web::get().to(cluster));
+        .route("/cluster", web::get().to(cluster))
+        .configure(api::routes);
 }
 
 fn unavailable(why: &str) -> HttpResponse {

@@ -28,6 +28,7 @@ pub enum Reply {
     Published {
         room: RoomId,
         seq: u64,
+        epoch: Epoch,
     },
     History {
         room: RoomId,
@@ -137,8 +138,11 @@ pub fn reply(id: &ReqId, reply: &Reply) -> ByteString {
         Reply::Left { room } => {
             let _ = write!(s, r#","ok":true,"room":"{room}""#);
         }
-        Reply::Published { room, seq } => {
-            let _ = write!(s, r#","ok":true,"room":"{room}","seq":{seq}"#);
+        Reply::Published { room, seq, epoch } => {
+            let _ = write!(
+                s,
+                r#","ok":true,"room":"{room}","seq":{seq},"epoch":"{epoch}""#
+            );
         }
         Reply::History {
             room,

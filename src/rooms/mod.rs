@@ -370,6 +370,11 @@ fn carry_out(out: &mut Vec<Action<ConnHandle>>, batch: &mut Batch, peers: &dyn P
                 if matches!(reply, Reply::Published { .. }) {
                     m::published();
                 }
+                if let Some(slot) = &to.reply {
+                    // A server API request: no socket, one reply.
+                    slot.send(reply);
+                    continue;
+                }
                 batch.frame(&to, reply_frame(&req, &reply));
                 if let Reply::Joined {
                     room,
@@ -380,7 +385,9 @@ fn carry_out(out: &mut Vec<Action<ConnHandle>>, batch: &mut Batch, peers: &dyn P
                     // A resume: its replay follows in this batch; the connection paces the next.
                     // One message per resume the connection itself sent, and it sends one at a
                     // time (`session`'s pacing): bounded.
-                    to.conn.do_send(JoinDone { room, ok: true });
+                    if let Some(c) = &to.conn {
+                        c.do_send(JoinDone { room, ok: true });
+                    }
                 }
             }
             Action::Deliver { to, frame, .. } => {
@@ -404,7 +411,9 @@ fn carry_out(out: &mut Vec<Action<ConnHandle>>, batch: &mut Batch, peers: &dyn P
             }
             Action::JoinFailed { to, room } => {
                 // One message per failed join the connection itself asked for: bounded.
-                to.conn.do_send(JoinDone { room, ok: false });
+                if let Some(c) = &to.conn {
+                    c.do_send(JoinDone { room, ok: false });
+                }
             }
             Action::Evict { to, .. } => {
                 batch.close(&to, CloseReason::Gap);

@@ -785,7 +785,12 @@ impl<H: Clone> Router<H> {
     }
 
     pub(super) fn on_publish_ack(&mut self, ack: PublishAck, out: &mut Vec<Action<H>>) {
-        let PublishAck { room, token, seq } = ack;
+        let PublishAck {
+            room,
+            token,
+            seq,
+            epoch,
+        } = ack;
         if let Some(p) = self.take_pending(token) {
             out.push(Action::Reply {
                 to: p.handle,
@@ -793,6 +798,7 @@ impl<H: Clone> Router<H> {
                 reply: Reply::Published {
                     room: room.clone(),
                     seq,
+                    epoch,
                 },
             });
             self.release_publishes(&room, out);

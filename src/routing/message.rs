@@ -158,6 +158,8 @@ pub struct PublishAck {
     pub room: RoomId,
     pub token: u64,
     pub seq: u64,
+    /// The room's epoch the seq belongs to.
+    pub epoch: Epoch,
 }
 
 /// Reply to `HistoryReq`.

@@ -511,9 +511,15 @@ impl<H: Clone> Router<H> {
             // A retry: the original seq, once it is committed.
             self.stats.duplicate_publishes += 1;
             if seq <= r.committed {
+                let epoch = r.epoch.clone();
                 self.send(
                     from,
-                    PeerMsg::PublishAck(PublishAck { room, token, seq }),
+                    PeerMsg::PublishAck(PublishAck {
+                        room,
+                        token,
+                        seq,
+                        epoch,
+                    }),
                     out,
                 );
             } else {

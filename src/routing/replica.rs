@@ -394,6 +394,7 @@ impl<H: Clone> Router<H> {
                     room: room.clone(),
                     token,
                     seq,
+                    epoch: epoch.clone(),
                 }),
                 out,
             );

@@ -698,7 +698,8 @@ impl Actor for Session {
         self.handle = Some(ConnHandle {
             outbox: self.outbox.clone(),
             worker: self.node.workers.current(),
-            conn: ctx.address().recipient(),
+            conn: Some(ctx.address().recipient()),
+            reply: None,
         });
         self.node
             .conns

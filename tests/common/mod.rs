@@ -226,9 +226,31 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 /// A minimal HTTP/1.1 GET (no client crate needed).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, &[], "").await
+}
+
+/// A minimal HTTP/1.1 request with extra headers and a body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let fut = async {
         let mut s = TcpStream::connect(addr).await.expect("connect http");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
         s.write_all(req.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.unwrap();
@@ -251,7 +273,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     };
     tokio::time::timeout(DEADLINE, fut)
         .await
-        .unwrap_or_else(|_| panic!("GET {path} timed out"))
+        .unwrap_or_else(|_| panic!("{method} {path} timed out"))
 }
 
 fn dechunk(mut s: &str) -> String {

@@ -1,0 +1,310 @@
+//! The HTTP server API for backends (docs/protocol.md, "Server API"): routes only — the key
+//! check, JSON in and out, and the client protocol's error codes mapped to HTTP statuses. The
+//! work is `crate::api`'s.
+//!
+//! * `POST /api/publish {room, data, key?}` → `{room, seq, epoch}`
+//! * `POST /api/broadcast {rooms: [..], data}` → `{results: [{room, seq, epoch} | {room, error}]}`
+//! * `GET /api/rooms/{room}/history?since=&limit=` → `{room, messages, seq, epoch, recovered}`
+//!
+//! Every request needs `Authorization: Bearer KEY` with a key of `api_keys_file`; without
+//! that file the API is off (404).
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::api;
+use crate::ids::RoomId;
+use crate::node::NodeContext;
+use crate::protocol::ErrorCode;
+use crate::protocol::encode::Reply;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/publish", web::post().to(publish))
+        .route("/api/broadcast", web::post().to(broadcast))
+        .route("/api/rooms/{room}/history", web::get().to(history));
+}
+
+/// The HTTP status of an error code.
+fn status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_json(code: ErrorCode, message: &str) -> Value {
+    json!({ "error": { "code": code.as_str(), "message": message } })
+}
+
+fn error(endpoint: &'static str, code: ErrorCode, message: &str) -> HttpResponse {
+    let st = status(code);
+    crate::metrics::api_request(endpoint, st.as_u16());
+    let mut res = HttpResponse::build(st);
+    match code {
+        ErrorCode::Unavailable => {
+            res.insert_header(("Retry-After", "1"));
+        }
+        ErrorCode::Unauthorized => {
+            res.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        _ => {}
+    }
+    res.json(error_json(code, message))
+}
+
+/// A response that ends a request early (boxed: `HttpResponse` is large).
+type Refusal = Box<HttpResponse>;
+
+fn ok(endpoint: &'static str, body: Value) -> HttpResponse {
+    crate::metrics::api_request(endpoint, 200);
+    HttpResponse::Ok().json(body)
+}
+
+/// The API is on and the request carries one of its keys; else the response to send.
+fn authorise(node: &NodeContext, req: &HttpRequest, endpoint: &'static str) -> Result<(), Refusal> {
+    let Some(keys) = &node.api_keys else {
+        crate::metrics::api_request(endpoint, 404);
+        return Err(Box::new(HttpResponse::NotFound().json(error_json(
+            ErrorCode::BadRequest,
+            "the server API is off on this node: set api_keys_file",
+        ))));
+    };
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match header {
+        Some(h) if keys.check_bearer(h) => Ok(()),
+        Some(_) => Err(Box::new(error(
+            endpoint,
+            ErrorCode::Unauthorized,
+            "invalid API key",
+        ))),
+        None => Err(Box::new(error(
+            endpoint,
+            ErrorCode::Unauthorized,
+            "missing Authorization: Bearer <API key>",
+        ))),
+    }
+}
+
+/// Parses a JSON body, or the `bad_request` response.
+fn body<'a, T: Deserialize<'a>>(endpoint: &'static str, bytes: &'a [u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Box::new(error(
+            endpoint,
+            ErrorCode::BadRequest,
+            &format!("invalid JSON body: {e}"),
+        ))
+    })
+}
+
+fn room(endpoint: &'static str, name: &str) -> Result<RoomId, Refusal> {
+    RoomId::new(name).map_err(|e| {
+        Box::new(error(
+            endpoint,
+            ErrorCode::BadRequest,
+            &format!("invalid room: {e}"),
+        ))
+    })
+}
+
+/// `data` as sent, within `max_data_bytes`.
+fn data(endpoint: &'static str, node: &NodeContext, raw: &RawValue) -> Result<String, Refusal> {
+    let text = raw.get();
+    let max = node.config.max_data_bytes;
+    if text.len() > max {
+        return Err(Box::new(error(
+            endpoint,
+            ErrorCode::TooLarge,
+            &format!(
+                "data is {} bytes serialised; the limit is {max}",
+                text.len()
+            ),
+        )));
+    }
+    Ok(text.to_string())
+}
+
+fn publish_result(room: &RoomId, reply: &Reply) -> Result<Value, (ErrorCode, String)> {
+    match reply {
+        Reply::Published { seq, epoch, .. } => {
+            Ok(json!({ "room": room.as_str(), "seq": seq, "epoch": epoch.as_str() }))
+        }
+        Reply::Error { code, message } => Err((*code, message.clone())),
+        other => Err((ErrorCode::Internal, format!("unexpected reply {other:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    room: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+async fn publish(
+    node: web::Data<NodeContext>,
+    req: HttpRequest,
+    bytes: web::Bytes,
+) -> HttpResponse {
+    const EP: &str = "publish";
+    if let Err(res) = authorise(&node, &req, EP) {
+        return *res;
+    }
+    let b: PublishBody = match body(EP, &bytes) {
+        Ok(b) => b,
+        Err(res) => return *res,
+    };
+    let (room, data) = match (room(EP, &b.room), data(EP, &node, b.data)) {
+        (Ok(r), Ok(d)) => (r, d),
+        (Err(res), _) | (_, Err(res)) => return *res,
+    };
+    if let Some(k) = &b.key
+        && (k.is_empty() || k.len() > crate::protocol::MAX_KEY_BYTES)
+    {
+        let max = crate::protocol::MAX_KEY_BYTES;
+        return error(
+            EP,
+            ErrorCode::BadRequest,
+            &format!("field \"key\" must be 1 to {max} bytes"),
+        );
+    }
+    let reply = api::publish(&node, room.clone(), data, b.key).await;
+    match publish_result(&room, &reply) {
+        Ok(v) => ok(EP, v),
+        Err((code, message)) => error(EP, code, &message),
+    }
+}
+
+#[derive(Deserialize)]
+struct BroadcastBody<'a> {
+    rooms: Vec<String>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+async fn broadcast(
+    node: web::Data<NodeContext>,
+    req: HttpRequest,
+    bytes: web::Bytes,
+) -> HttpResponse {
+    const EP: &str = "broadcast";
+    if let Err(res) = authorise(&node, &req, EP) {
+        return *res;
+    }
+    let b: BroadcastBody = match body(EP, &bytes) {
+        Ok(b) => b,
+        Err(res) => return *res,
+    };
+    if b.rooms.is_empty() || b.rooms.len() > api::MAX_BROADCAST_ROOMS {
+        let max = api::MAX_BROADCAST_ROOMS;
+        return error(
+            EP,
+            ErrorCode::BadRequest,
+            &format!("field \"rooms\" must list 1 to {max} rooms"),
+        );
+    }
+    let mut rooms = Vec::with_capacity(b.rooms.len());
+    for name in &b.rooms {
+        match room(EP, name) {
+            Ok(r) => rooms.push(r),
+            Err(res) => return *res,
+        }
+    }
+    let data = match data(EP, &node, b.data) {
+        Ok(d) => d,
+        Err(res) => return *res,
+    };
+    let replies = api::broadcast(&node.clone().into_inner(), rooms.clone(), data).await;
+    let results: Vec<Value> = rooms
+        .iter()
+        .zip(&replies)
+        .map(|(room, reply)| match publish_result(room, reply) {
+            Ok(v) => v,
+            Err((code, message)) => {
+                let mut e = error_json(code, &message);
+                e["room"] = json!(room.as_str());
+                e
+            }
+        })
+        .collect();
+    ok(EP, json!({ "results": results }))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    #[serde(default)]
+    since: u64,
+    limit: Option<u64>,
+}
+
+async fn history(
+    node: web::Data<NodeContext>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
+    const EP: &str = "history";
+    if let Err(res) = authorise(&node, &req, EP) {
+        return *res;
+    }
+    let room = match room(EP, &path.into_inner()) {
+        Ok(r) => r,
+        Err(res) => return *res,
+    };
+    let q = match web::Query::<HistoryQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => {
+            return error(
+                EP,
+                ErrorCode::BadRequest,
+                &format!("invalid query: {e} (since and limit are non-negative integers)"),
+            );
+        }
+    };
+    if q.limit == Some(0) {
+        return error(EP, ErrorCode::BadRequest, "limit must be at least 1");
+    }
+    let reply = api::history(&node, room, q.since, q.limit.unwrap_or(100)).await;
+    match reply {
+        Reply::History {
+            room,
+            messages,
+            seq,
+            epoch,
+            recovered,
+        } => {
+            // The event frames are JSON already: parse them back into values for the body.
+            let messages: Vec<Value> = messages
+                .iter()
+                .filter_map(|m| serde_json::from_str(m).ok())
+                .collect();
+            ok(
+                EP,
+                json!({
+                    "room": room.as_str(),
+                    "messages": messages,
+                    "seq": seq,
+                    "epoch": epoch.as_str(),
+                    "recovered": recovered,
+                }),
+            )
+        }
+        Reply::Error { code, message } => error(EP, code, &message),
+        other => error(
+            EP,
+            ErrorCode::Internal,
+            &format!("unexpected reply {other:?}"),
+        ),
+    }
+}

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::conn::ConnHandle;
-use crate::ids::{ConnId, ConnName, RoomId};
+use crate::ids::{ConnId, ConnName, RoomId, UserId};
+use crate::internode::Control;
 use crate::node::NodeContext;
 use crate::protocol::encode::Reply;
 use crate::protocol::{ErrorCode, ReqId};
@@ -61,6 +62,19 @@ pub async fn broadcast(node: &Arc<NodeContext>, rooms: Vec<RoomId>, data: String
         async move { publish(&node, room, data, None).await }
     });
     futures_util::future::join_all(all).await
+}
+
+/// Longest `reason` of a disconnect, in bytes.
+pub const MAX_REASON_BYTES: usize = 256;
+
+/// Closes every connection of `user` on this node now, and asks every other node to do the
+/// same (fire and forget, over the internode links: a node whose link is down misses it).
+/// Returns how many connections were closed here.
+pub fn disconnect(node: &NodeContext, user: UserId, reason: String) -> usize {
+    let here = node.conns.close_user(&user, &reason);
+    node.peers
+        .broadcast_control(Control::Disconnect { user, reason });
+    here
 }
 
 /// Reads `room`'s history after `since`, at most `limit` messages (capped by

@@ -19,7 +19,7 @@ use crate::cluster::{ClusterView, Membership};
 use crate::config::Config;
 use crate::conn::CloseNow;
 use crate::delivery::Workers;
-use crate::ids::{ConnId, NodeId};
+use crate::ids::{ConnId, NodeId, UserId};
 use crate::internode::Peers;
 use crate::metrics as m;
 use crate::protocol::CloseReason;
@@ -31,14 +31,28 @@ use crate::socket::outbox::{FrameKind, Outbox};
 /// closing everyone on shutdown. Touched on connect and disconnect only.
 #[derive(Default)]
 pub struct ConnRegistry {
-    conns: Mutex<HashMap<ConnId, (Recipient<CloseNow>, Outbox)>>,
+    conns: Mutex<HashMap<ConnId, Registered>>,
     count: AtomicUsize,
+}
+
+/// One registered connection: its actor, its outbox, and its user once authenticated.
+struct Registered {
+    actor: Recipient<CloseNow>,
+    outbox: Outbox,
+    user: Option<UserId>,
 }
 
 impl ConnRegistry {
     pub fn register(&self, id: ConnId, actor: Recipient<CloseNow>, outbox: Outbox) {
         let mut g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        g.insert(id, (actor, outbox));
+        g.insert(
+            id,
+            Registered {
+                actor,
+                outbox,
+                user: None,
+            },
+        );
         self.count.store(g.len(), Ordering::Release);
         m::connections(1.0);
     }
@@ -64,19 +78,42 @@ impl ConnRegistry {
         // One encoded frame, shared by every connection.
         let bytes = frame::text(&frame);
         let g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        for (_, outbox) in g.values() {
-            let _ = outbox.shared(bytes.clone(), FrameKind::Control);
+        for r in g.values() {
+            let _ = r.outbox.shared(bytes.clone(), FrameKind::Control);
         }
     }
 
     /// Starts closing every connection with `reason`.
     pub fn close_all(&self, reason: CloseReason) {
         let g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        for (actor, outbox) in g.values() {
-            outbox.close(reason);
+        for r in g.values() {
+            r.outbox.close(reason);
             // One message per connection, once: bounded by the connection count.
-            actor.do_send(CloseNow(reason));
+            r.actor.do_send(CloseNow(reason));
         }
+    }
+
+    /// Records the user a connection authenticated as (for `close_user`).
+    pub fn set_user(&self, id: ConnId, user: UserId) {
+        let mut g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = g.get_mut(&id) {
+            r.user = Some(user);
+        }
+    }
+
+    /// Closes every connection of `user` with 4403 `disconnected`, after a
+    /// `{"type":"disconnect","reason":R}` frame; returns how many.
+    pub fn close_user(&self, user: &UserId, reason: &str) -> usize {
+        let bytes = frame::text(&crate::protocol::encode::disconnect(reason));
+        let g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for r in g.values().filter(|r| r.user.as_ref() == Some(user)) {
+            let _ = r.outbox.shared(bytes.clone(), FrameKind::Control);
+            r.outbox.close(CloseReason::Disconnected);
+            r.actor.do_send(CloseNow(CloseReason::Disconnected));
+            n += 1;
+        }
+        n
     }
 }
 

@@ -191,6 +191,17 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             verifier,
             api_keys,
         });
+        let weak = Arc::downgrade(&node);
+        peers.set_control_hook(Box::new(move |c| {
+            if let Some(node) = weak.upgrade() {
+                match c {
+                    crate::internode::Control::Disconnect { user, reason } => {
+                        let n = node.conns.close_user(&user, &reason);
+                        tracing::info!(%user, connections = n, "disconnected by a peer's request (server API)");
+                    }
+                }
+            }
+        }));
         tokio::spawn(follow_membership(node.clone(), peers));
         tokio::spawn(publish_load(node.clone()));
         Ok::<_, ServerError>(node)

@@ -235,3 +235,78 @@ async fn an_api_publish_on_one_node_reaches_subscribers_on_every_node_in_order()
     let data: Vec<u64> = evs.iter().map(|e| e["data"].as_u64().unwrap()).collect();
     assert_eq!(data, vec![1, 2, 3, 4, 5, 6]);
 }
+
+#[tokio::test]
+async fn disconnect_closes_every_connection_of_the_user_on_every_node() {
+    let keys = keys_file("disconnect");
+    let secret_path = keys.with_file_name("jwt.secret");
+    let secret = b"0123456789abcdef0123456789abcdef-disconnect";
+    std::fs::write(&secret_path, secret).unwrap();
+    let c = Cluster::start(
+        3,
+        &[
+            "--api-keys-file",
+            keys.to_str().unwrap(),
+            "--auth",
+            "optional",
+            "--jwt-secret-file",
+            secret_path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = |sub: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": sub, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap()
+    };
+    let url = |i: usize, sub: &str| format!("{}?token={}", c.nodes[i].ws_url(), token(sub));
+    let mut zed0 = Client::connect(&url(0, "zed")).await;
+    let mut zed2 = Client::connect(&url(2, "zed")).await;
+    let mut amy = Client::connect(&url(2, "amy")).await;
+    // Each is authenticated once a request of it has been answered.
+    for cl in [&mut zed0, &mut zed2, &mut amy] {
+        cl.request(json!({"op":"ping"})).await;
+    }
+    let (st, v) = call(
+        c.nodes[1].http,
+        "POST",
+        "/api/disconnect",
+        Some(KEY),
+        r#"{"user":"zed","reason":"banned"}"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["disconnected"], 0, "no zed on the node asked: {v}");
+    for z in [&mut zed0, &mut zed2] {
+        let f = z.recv_frame().await;
+        assert_eq!(
+            (f["type"].as_str(), f["reason"].as_str()),
+            (Some("disconnect"), Some("banned")),
+            "{f}"
+        );
+        match z.ended().await {
+            common::Ended::Closed(code, _) => assert_eq!(code, 4403),
+            e => panic!("expected 4403, got {e:?}"),
+        }
+    }
+    // Another user is untouched.
+    let r = amy.request(json!({"op":"ping"})).await;
+    assert_eq!(r["ok"], true);
+    let (st, _) = call(
+        c.nodes[1].http,
+        "POST",
+        "/api/disconnect",
+        Some(KEY),
+        r#"{"user":""}"#,
+    )
+    .await;
+    assert_eq!(st, 400);
+}

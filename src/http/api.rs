@@ -5,6 +5,7 @@
 //! * `POST /api/publish {room, data, key?}` → `{room, seq, epoch}`
 //! * `POST /api/broadcast {rooms: [..], data}` → `{results: [{room, seq, epoch} | {room, error}]}`
 //! * `GET /api/rooms/{room}/history?since=&limit=` → `{room, messages, seq, epoch, recovered}`
+//! * `POST /api/disconnect {user, reason?}` → `{user, disconnected}` (here; other nodes too)
 //!
 //! Every request needs `Authorization: Bearer KEY` with a key of `api_keys_file`; without
 //! that file the API is off (404).
@@ -24,7 +25,8 @@ use crate::protocol::encode::Reply;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/publish", web::post().to(publish))
         .route("/api/broadcast", web::post().to(broadcast))
-        .route("/api/rooms/{room}/history", web::get().to(history));
+        .route("/api/rooms/{room}/history", web::get().to(history))
+        .route("/api/disconnect", web::post().to(disconnect));
 }
 
 /// The HTTP status of an error code.
@@ -307,4 +309,43 @@ async fn history(
             &format!("unexpected reply {other:?}"),
         ),
     }
+}
+
+#[derive(Deserialize)]
+struct DisconnectBody {
+    user: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn disconnect(
+    node: web::Data<NodeContext>,
+    req: HttpRequest,
+    bytes: web::Bytes,
+) -> HttpResponse {
+    const EP: &str = "disconnect";
+    if let Err(res) = authorise(&node, &req, EP) {
+        return *res;
+    }
+    let b: DisconnectBody = match body(EP, &bytes) {
+        Ok(b) => b,
+        Err(res) => return *res,
+    };
+    let user = match crate::ids::UserId::new(&b.user) {
+        Ok(u) => u,
+        Err(e) => return error(EP, ErrorCode::BadRequest, &format!("invalid user: {e}")),
+    };
+    let reason = b
+        .reason
+        .unwrap_or_else(|| "disconnected by the server".to_string());
+    if reason.len() > api::MAX_REASON_BYTES {
+        let max = api::MAX_REASON_BYTES;
+        return error(
+            EP,
+            ErrorCode::BadRequest,
+            &format!("field \"reason\" must be at most {max} bytes"),
+        );
+    }
+    let here = api::disconnect(&node, user.clone(), reason);
+    ok(EP, json!({ "user": user.as_str(), "disconnected": here }))
 }

@@ -19,14 +19,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterSecret;
 use crate::cluster::secret::TAG_LEN;
-use crate::ids::NodeId;
+use crate::ids::{NodeId, UserId};
 use crate::routing::PeerMsg;
 
 pub const MAGIC: [u8; 4] = *b"RCST";
 /// Version of the internode protocol; nodes of other versions are refused.
 /// 2: `Refused` names the room's new owner, `HandoffAck` confirms handoffs, `HandoffMoving`
 /// answers queries for a room in transit (issue 8).
-/// 3: replication (issue 10). 4: `HandoffOffer` (a replica offers a room whose owner restarted).
+/// 3: replication (issue 10). 4: `HandoffOffer` (a replica offers a room whose owner restarted),
+/// `Control` frames, `user` on `Publish`, `epoch` on `PublishAck` (issue 11).
 pub const PROTOCOL_VERSION: u16 = 4;
 pub const PREAMBLE_LEN: usize = 8;
 /// Frame limit during the handshake.
@@ -72,6 +73,15 @@ pub enum Frame {
     Reject { reason: String },
     /// One routing message (after the handshake, client → server only).
     Msg(PeerMsg),
+    /// A node-wide request that is about no room (after the handshake, client → server only).
+    Control(Control),
+}
+
+/// A node-wide request from a peer: handled by the node, not by a room shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Control {
+    /// Close every connection of `user` here (the server API's `POST /api/disconnect`).
+    Disconnect { user: UserId, reason: String },
 }
 
 /// The preamble both sides send first.

@@ -303,6 +303,7 @@ fn frame_name(f: &Frame) -> &'static str {
         Frame::Accept => "Accept",
         Frame::Reject { .. } => "Reject",
         Frame::Msg(_) => "Msg",
+        Frame::Control(_) => "Control",
     }
 }
 

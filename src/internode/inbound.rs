@@ -124,6 +124,7 @@ async fn inbound(stream: TcpStream, from: SocketAddr, peers: Peers, conn_id: u64
                     }
                     msgs.push(msg);
                 }
+                Ok(Frame::Control(c)) => peers.on_control(&peer, c),
                 Ok(other) => {
                     tracing::warn!(%peer, frame = ?other, "unexpected frame after handshake");
                     why = Some(Some("unexpected_frame"));

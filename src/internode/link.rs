@@ -23,7 +23,7 @@ use crate::routing::PeerMsg;
 
 pub(super) struct Link {
     pub(super) peer: NodeId,
-    pub(super) tx: mpsc::Sender<PeerMsg>,
+    pub(super) tx: mpsc::Sender<Frame>,
     pub(super) bytes: AtomicUsize,
     pub(super) overflow: AtomicBool,
     pub(super) stop: AtomicBool,
@@ -35,10 +35,16 @@ pub(super) struct Link {
 
 impl Link {
     pub(super) fn push(&self, msg: PeerMsg) {
+        self.push_frame(Frame::Msg(msg));
+    }
+
+    /// Queues a frame after the handshake (`Msg` or `Control`).
+    pub(super) fn push_frame(&self, frame: Frame) {
         if self.overflow.load(Ordering::Acquire) {
             return; // Already resetting; everything queued is being discarded anyway.
         }
-        let size = msg.approx_size();
+        let size = approx_size(&frame);
+        let msg = frame;
         let before = self.bytes.fetch_add(size, Ordering::AcqRel);
         if before + size > PEER_QUEUE_BYTES {
             self.bytes.fetch_sub(size, Ordering::AcqRel);
@@ -84,7 +90,15 @@ enum LinkError {
 
 /// The outbound link task of one peer: connect, handshake, write until the connection breaks
 /// or the link overflows, reset, repeat — until stopped.
-pub(super) async fn run_link(peers: Peers, link: Arc<Link>, mut rx: mpsc::Receiver<PeerMsg>) {
+/// Roughly how many bytes a queued frame occupies (for the queue's byte bound).
+fn approx_size(frame: &Frame) -> usize {
+    match frame {
+        Frame::Msg(m) => m.approx_size(),
+        _ => 256,
+    }
+}
+
+pub(super) async fn run_link(peers: Peers, link: Arc<Link>, mut rx: mpsc::Receiver<Frame>) {
     let mut backoff = BACKOFF_MIN;
     let (out_msgs, out_bytes) = m::internode_traffic("out");
     loop {
@@ -114,7 +128,7 @@ pub(super) async fn run_link(peers: Peers, link: Arc<Link>, mut rx: mpsc::Receiv
         backoff = BACKOFF_MIN;
         tracing::debug!(peer = %link.peer, %addr, "link up");
         // Write until something ends the connection.
-        let mut batch: Vec<PeerMsg> = Vec::with_capacity(WRITE_BATCH);
+        let mut batch: Vec<Frame> = Vec::with_capacity(WRITE_BATCH);
         let why = loop {
             if link.stop.load(Ordering::Acquire) {
                 return;
@@ -132,9 +146,9 @@ pub(super) async fn run_link(peers: Peers, link: Arc<Link>, mut rx: mpsc::Receiv
                         return; // Link dropped.
                     }
                     let mut failed = false;
-                    for msg in batch.drain(..) {
-                        link.bytes.fetch_sub(msg.approx_size(), Ordering::AcqRel);
-                        let payload = match codec::encode(&Frame::Msg(msg)) {
+                    for frame in batch.drain(..) {
+                        link.bytes.fetch_sub(approx_size(&frame), Ordering::AcqRel);
+                        let payload = match codec::encode(&frame) {
                             Ok(p) => p,
                             Err(e) => {
                                 tracing::error!(peer = %link.peer, error = %e, "cannot encode a message; dropped");
@@ -166,9 +180,9 @@ pub(super) async fn run_link(peers: Peers, link: Arc<Link>, mut rx: mpsc::Receiv
     }
 }
 
-fn discard(link: &Link, rx: &mut mpsc::Receiver<PeerMsg>) {
-    while let Ok(m) = rx.try_recv() {
-        link.bytes.fetch_sub(m.approx_size(), Ordering::AcqRel);
+fn discard(link: &Link, rx: &mut mpsc::Receiver<Frame>) {
+    while let Ok(f) = rx.try_recv() {
+        link.bytes.fetch_sub(approx_size(&f), Ordering::AcqRel);
     }
     link.overflow.store(false, Ordering::Release);
 }

@@ -38,6 +38,8 @@ use crate::ids::NodeId;
 use crate::metrics as m;
 use crate::rooms::{PeerSink, Shards};
 use crate::routing::{Input, PeerMsg};
+pub use codec::Control;
+use codec::Frame;
 pub use inbound::serve;
 use link::{Link, run_link};
 
@@ -84,7 +86,12 @@ pub(crate) struct Inner {
     /// The newest incarnation (generation) seen of each peer, from gossip or a handshake,
     /// whether or not a link exists: a higher one means the peer restarted and lost its state.
     generations: Mutex<HashMap<NodeId, u64>>,
+    /// What the node does with a peer's `Control` frame (set by the server).
+    control: OnceLock<ControlHook>,
 }
+
+/// The node's handler of `Control` frames from peers.
+pub type ControlHook = Box<dyn Fn(Control) + Send + Sync>;
 
 impl PeerSink for Peers {
     fn send(&self, to: &NodeId, msg: PeerMsg) {
@@ -117,6 +124,7 @@ impl Peers {
                 inbound_current: Mutex::new(HashMap::new()),
                 next_inbound: AtomicU64::new(1),
                 generations: Mutex::new(HashMap::new()),
+                control: OnceLock::new(),
             }),
         }
     }
@@ -219,6 +227,30 @@ impl Peers {
             .rt
             .spawn(run_link(self.clone(), link.clone(), rx));
         link
+    }
+
+    /// Sets what the node does with `Control` frames from peers (once).
+    pub fn set_control_hook(&self, hook: ControlHook) {
+        let _ = self.inner.control.set(hook);
+    }
+
+    /// Sends `c` to every peer with a link (fire and forget: a peer whose link is down misses
+    /// it).
+    pub fn broadcast_control(&self, c: Control) {
+        let links: Vec<Arc<Link>> = {
+            let links = self.inner.links.read().unwrap_or_else(|p| p.into_inner());
+            links.values().cloned().collect()
+        };
+        for l in links {
+            l.push_frame(Frame::Control(c.clone()));
+        }
+    }
+
+    pub(super) fn on_control(&self, from: &NodeId, c: Control) {
+        tracing::debug!(peer = %from, control = ?c, "control request from peer");
+        if let Some(hook) = self.inner.control.get() {
+            hook(c);
+        }
     }
 
     /// Tells every shard that messages to or from `peer` may have been lost.

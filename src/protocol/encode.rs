@@ -82,6 +82,16 @@ pub fn reconnect(reason: &str, url: Option<&str>) -> ByteString {
     ByteString::from(s)
 }
 
+/// `{"type":"disconnect","reason":R}`: the server API disconnected this user; a close 4403
+/// follows.
+pub fn disconnect(reason: &str) -> ByteString {
+    let mut s = String::with_capacity(48 + reason.len());
+    s.push_str(r#"{"type":"disconnect","reason":"#);
+    push_json_str(&mut s, reason);
+    s.push('}');
+    ByteString::from(s)
+}
+
 /// The event frame of one room message:
 /// `{"type":"message","room":R,"seq":S,"epoch":E,"data":D,"from":C,"ts":T}`.
 pub fn event(

@@ -373,6 +373,7 @@ impl Session {
                 act.close(ctx, CloseReason::Unauthorized);
             }
         });
+        self.node.conns.set_user(self.id, id.clone());
         self.identity = Identity::User {
             id: id.clone(),
             claims,

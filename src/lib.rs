@@ -19,6 +19,8 @@
 //! * [`node`] — what a running node is for the layers that serve clients (`NodeContext`).
 //! * [`session`] — the WebSocket connection actor: client protocol, per-connection limits,
 //!   authentication (tokens, rights, expiry).
+//! * [`sse`] — the SSE transport: room events as Server-Sent Events, resumable by
+//!   `Last-Event-ID`.
 //! * [`api`] — the server API's work: backends' publishes and history reads enter the room
 //!   shards like a client's.
 //! * [`http`] — routes only: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/cluster`, `/api/…`.
@@ -50,6 +52,7 @@ pub mod routing;
 pub mod server;
 pub mod session;
 pub mod socket;
+pub mod sse;
 
 /// Wall-clock time in unix microseconds (event timestamps, history age, latency).
 pub fn now_us() -> u64 {

@@ -47,6 +47,7 @@ pub const INTERNODE_REJECTED: &str = "roomcast_internode_rejected_total";
 pub const INTERNODE_DROPPED: &str = "roomcast_internode_queue_overflows_total";
 pub const AUTH_FAILURES: &str = "roomcast_auth_failures_total";
 pub const API_REQUESTS: &str = "roomcast_api_requests_total";
+pub const SSE_CONNECTIONS: &str = "roomcast_sse_connections";
 
 /// Histogram buckets for latencies, in seconds (50 µs … 5 s).
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -84,6 +85,10 @@ fn describe() {
     describe_gauge!(CONNECTIONS, "WebSocket connections open on this node");
     describe_gauge!(ROOMS, "Rooms this node owns (sequences) now");
     describe_counter!(PUBLISHED, "Publishes acknowledged to clients of this node");
+    describe_gauge!(
+        SSE_CONNECTIONS,
+        "SSE connections open on this node (also in roomcast_connections)"
+    );
     describe_counter!(
         API_REQUESTS,
         "Server API requests answered, by endpoint and HTTP status"
@@ -273,6 +278,11 @@ pub fn render_latency(out: &mut String) {
 
 pub fn protocol_error(code: ErrorCode) {
     metrics::counter!(PROTOCOL_ERRORS, "code" => code.as_str()).increment(1);
+}
+
+/// SSE connections open (also counted in `roomcast_connections`).
+pub fn sse_connections(delta: f64) {
+    metrics::gauge!(SSE_CONNECTIONS).increment(delta);
 }
 
 /// A server API request answered, by endpoint and HTTP status.

@@ -37,13 +37,14 @@ pub struct ConnRegistry {
 
 /// One registered connection: its actor, its outbox, and its user once authenticated.
 struct Registered {
-    actor: Recipient<CloseNow>,
+    /// The connection's actor (`None` for an SSE connection: closing its outbox ends it).
+    actor: Option<Recipient<CloseNow>>,
     outbox: Outbox,
     user: Option<UserId>,
 }
 
 impl ConnRegistry {
-    pub fn register(&self, id: ConnId, actor: Recipient<CloseNow>, outbox: Outbox) {
+    pub fn register(&self, id: ConnId, actor: Option<Recipient<CloseNow>>, outbox: Outbox) {
         let mut g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         g.insert(
             id,
@@ -89,7 +90,9 @@ impl ConnRegistry {
         for r in g.values() {
             r.outbox.close(reason);
             // One message per connection, once: bounded by the connection count.
-            r.actor.do_send(CloseNow(reason));
+            if let Some(a) = &r.actor {
+                a.do_send(CloseNow(reason));
+            }
         }
     }
 
@@ -110,7 +113,9 @@ impl ConnRegistry {
         for r in g.values().filter(|r| r.user.as_ref() == Some(user)) {
             let _ = r.outbox.shared(bytes.clone(), FrameKind::Control);
             r.outbox.close(CloseReason::Disconnected);
-            r.actor.do_send(CloseNow(CloseReason::Disconnected));
+            if let Some(a) = &r.actor {
+                a.do_send(CloseNow(CloseReason::Disconnected));
+            }
             n += 1;
         }
         n

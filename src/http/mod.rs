@@ -7,6 +7,7 @@
 //! * `GET /readyz` — the node accepts clients (503 while shutting down).
 //! * `GET /metrics` — Prometheus text format.
 //! * `GET /cluster` — this node's view of the cluster members.
+//! * `GET /sse?rooms=a,b&token=..&since=..` — the SSE transport (`crate::sse`).
 //! * `/api/...` — the server API for backends ([`api`]).
 
 pub mod api;
@@ -24,6 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/cluster", web::get().to(cluster))
+        .route("/sse", web::get().to(sse))
         .configure(api::routes);
 }
 
@@ -101,4 +103,78 @@ async fn cluster(node: web::Data<NodeContext>) -> HttpResponse {
         // not sequence: docs/OPERATIONS.md, Partitions).
         "quorum": node.shards.has_quorum(),
     }))
+}
+
+#[derive(serde::Deserialize)]
+struct SseQuery {
+    #[serde(default)]
+    rooms: String,
+    token: Option<String>,
+    since: Option<String>,
+}
+
+/// `GET /sse`: checks the request and streams the connection's events (`crate::sse`).
+async fn sse(node: web::Data<NodeContext>, req: actix_web::HttpRequest) -> HttpResponse {
+    use crate::protocol::ErrorCode;
+    use crate::sse::Refused;
+    let refuse = |code: ErrorCode, status: StatusCode, message: &str| {
+        crate::metrics::protocol_error(code);
+        HttpResponse::build(status)
+            .json(json!({ "error": { "code": code.as_str(), "message": message } }))
+    };
+    let q = match web::Query::<SseQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => {
+            return refuse(
+                ErrorCode::BadRequest,
+                StatusCode::BAD_REQUEST,
+                &format!("invalid query: {e}"),
+            );
+        }
+    };
+    let mut rooms = Vec::new();
+    for name in q.rooms.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match crate::ids::RoomId::new(name) {
+            Ok(r) if !rooms.contains(&r) => rooms.push(r),
+            Ok(_) => {}
+            Err(e) => {
+                return refuse(
+                    ErrorCode::BadRequest,
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid room {name:?}: {e}"),
+                );
+            }
+        }
+    }
+    // `Last-Event-ID` (an EventSource reconnecting) wins over an explicit `since`.
+    let last = req
+        .headers()
+        .get("Last-Event-ID")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let since = match last.or(q.since) {
+        Some(s) => match crate::sse::parse_positions(&s) {
+            Ok(p) => p,
+            Err(e) => return refuse(ErrorCode::BadRequest, StatusCode::BAD_REQUEST, &e),
+        },
+        None => Default::default(),
+    };
+    let request = crate::sse::SseRequest {
+        rooms,
+        since,
+        token: q.token,
+    };
+    match crate::sse::open(&node.clone().into_inner(), request) {
+        Ok(stream) => HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("Cache-Control", "no-cache"))
+            .insert_header(("X-Accel-Buffering", "no"))
+            .streaming(stream),
+        Err(Refused::BadRequest(m)) => refuse(ErrorCode::BadRequest, StatusCode::BAD_REQUEST, &m),
+        Err(Refused::Unauthorized(m)) => {
+            refuse(ErrorCode::Unauthorized, StatusCode::UNAUTHORIZED, &m)
+        }
+        Err(Refused::Forbidden(m)) => refuse(ErrorCode::Forbidden, StatusCode::FORBIDDEN, &m),
+        Err(Refused::Unavailable(m)) => unavailable(m),
+    }
 }

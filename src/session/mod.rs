@@ -702,9 +702,11 @@ impl Actor for Session {
             conn: Some(ctx.address().recipient()),
             reply: None,
         });
-        self.node
-            .conns
-            .register(self.id, ctx.address().recipient(), self.outbox.clone());
+        self.node.conns.register(
+            self.id,
+            Some(ctx.address().recipient()),
+            self.outbox.clone(),
+        );
         let hb = self.node.config.heartbeat_interval;
         let _ = self.outbox.text(
             &encode::welcome(&self.name, &self.node.node_id, hb.as_millis() as u64),

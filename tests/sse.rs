@@ -1,0 +1,277 @@
+//! The SSE transport against real nodes (issue 11): events as Server-Sent Events with ids that
+//! name every room's position, resume with `Last-Event-ID` on another node after the first
+//! one was SIGKILLed, and the same auth as WebSocket connections.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Client, Cluster, DEADLINE, Node};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One SSE event as a client sees it.
+#[derive(Debug, Clone)]
+struct Event {
+    id: Option<String>,
+    event: Option<String>,
+    data: String,
+}
+
+impl Event {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
+}
+
+/// A minimal SSE client over HTTP/1.1 (chunked body), as a browser's EventSource reads it.
+struct Sse {
+    rd: BufReader<TcpStream>,
+    text: String,
+}
+
+impl Sse {
+    /// Opens `path` and returns the status and, on 200, the client.
+    async fn open(
+        addr: SocketAddr,
+        path: &str,
+        last_id: Option<&str>,
+    ) -> (u16, Option<Sse>, String) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        if let Some(id) = last_id {
+            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut rd = BufReader::new(s);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(DEADLINE, rd.read_line(&mut line))
+                .await
+                .unwrap()
+                .unwrap();
+            if n == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if status != 200 {
+            let mut body = String::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), rd.read_to_string(&mut body)).await;
+            return (status, None, body);
+        }
+        assert!(
+            head.to_ascii_lowercase().contains("text/event-stream"),
+            "{head}"
+        );
+        (
+            status,
+            Some(Sse {
+                rd,
+                text: String::new(),
+            }),
+            head,
+        )
+    }
+
+    /// Reads one chunk of the body into `text`; false at the end of the body.
+    async fn read_chunk(&mut self) -> bool {
+        let mut size = String::new();
+        if self.rd.read_line(&mut size).await.unwrap_or(0) == 0 {
+            return false;
+        }
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return false;
+        }
+        let mut buf = vec![0u8; n + 2];
+        if self.rd.read_exact(&mut buf).await.is_err() {
+            return false;
+        }
+        self.text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        true
+    }
+
+    /// The next event (comments skipped), or None when the stream ended.
+    async fn next(&mut self) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            while let Some(i) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..i + 2).collect();
+                let mut ev = Event {
+                    id: None,
+                    event: None,
+                    data: String::new(),
+                };
+                let mut any = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        ev.id = Some(v.to_string());
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        ev.event = Some(v.to_string());
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        ev.data.push_str(v);
+                        any = true;
+                    }
+                }
+                if any {
+                    return Some(ev);
+                }
+            }
+            let more = tokio::time::timeout_at(deadline, self.read_chunk())
+                .await
+                .expect("SSE event in time");
+            if !more {
+                return None;
+            }
+        }
+    }
+
+    /// The next `n` message events (unnamed), skipping named ones.
+    async fn messages(&mut self, n: usize) -> Vec<Event> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let ev = self.next().await.expect("stream ended early");
+            if ev.event.is_none() {
+                out.push(ev);
+            }
+        }
+        out
+    }
+}
+
+fn data_of(evs: &[Event]) -> Vec<u64> {
+    evs.iter()
+        .map(|e| e.json()["data"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn events_carry_ids_naming_every_room_and_match_the_websocket_frames() {
+    let node = Node::start(&[]);
+    let (st, sse, _) = Sse::open(node.http, "/sse?rooms=alpha,beta", None).await;
+    assert_eq!(st, 200);
+    let mut sse = sse.unwrap();
+    let welcome = sse.next().await.unwrap();
+    assert_eq!(welcome.event.as_deref(), Some("welcome"));
+    for _ in 0..2 {
+        let j = sse.next().await.unwrap();
+        assert_eq!(j.event.as_deref(), Some("joined"), "{j:?}");
+    }
+    let mut ws = Client::connect(&node.ws_url()).await;
+    ws.join("alpha").await;
+    ws.publish("alpha", json!(1)).await;
+    ws.publish("beta", json!(2)).await;
+    ws.publish("alpha", json!(3)).await;
+    let evs = sse.messages(3).await;
+    assert_eq!(data_of(&evs), vec![1, 2, 3]);
+    // The data is the WebSocket event frame, byte for byte.
+    let ws_ev = ws.next_event().await;
+    assert_eq!(evs[0].json(), ws_ev);
+    let epoch = ws_ev["epoch"].as_str().unwrap();
+    let last = evs[2].id.as_deref().unwrap();
+    assert!(last.contains(&format!("alpha:{epoch}:2")), "{last}");
+    assert!(last.contains(":1") && last.contains("beta:"), "{last}");
+    // Bad requests are refused with the protocol's codes.
+    let (st, _, body) = Sse::open(node.http, "/sse?rooms=", None).await;
+    assert_eq!(st, 400, "{body}");
+    let (st, _, _) = Sse::open(node.http, "/sse?rooms=a%20b", None).await;
+    assert_eq!(st, 400);
+    let (st, _, _) = Sse::open(node.http, "/sse?rooms=a", Some("garbage")).await;
+    assert_eq!(st, 400);
+    node.wait_metric("roomcast_sse_connections", |v| v >= 1.0)
+        .await;
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_every_room_on_another_node_after_a_sigkill() {
+    let mut c = Cluster::start(3, &[]).await;
+    c.wait_replicated(0).await;
+    let mut ws = Client::connect(&c.nodes[2].ws_url()).await;
+    let (st, sse, _) = Sse::open(c.nodes[0].http, "/sse?rooms=r1,r2", None).await;
+    assert_eq!(st, 200);
+    let mut sse = sse.unwrap();
+    // Both joins answered before publishing (the joins wait for the rooms' owners).
+    let mut joined = 0;
+    while joined < 2 {
+        if sse.next().await.unwrap().event.as_deref() == Some("joined") {
+            joined += 1;
+        }
+    }
+    for i in 1..=4u64 {
+        ws.publish(if i % 2 == 1 { "r1" } else { "r2" }, json!(i))
+            .await;
+    }
+    let evs = sse.messages(4).await;
+    assert_eq!(data_of(&evs), vec![1, 2, 3, 4]);
+    let last_id = evs[3].id.clone().unwrap();
+    // The node the SSE client was on dies; more messages are published meanwhile.
+    c.nodes[0].kill();
+    for i in 5..=8u64 {
+        ws.publish(if i % 2 == 1 { "r1" } else { "r2" }, json!(i))
+            .await;
+    }
+    // The browser reconnects elsewhere with Last-Event-ID: every room resumes, no gap.
+    let (st, sse, _) = Sse::open(c.nodes[1].http, "/sse?rooms=r1,r2", Some(&last_id)).await;
+    assert_eq!(st, 200);
+    let mut sse = sse.unwrap();
+    let mut got = sse.messages(4).await;
+    got.sort_by_key(|e| e.json()["data"].as_u64());
+    assert_eq!(data_of(&got), vec![5, 6, 7, 8]);
+    ws.publish("r1", json!(9)).await;
+    assert_eq!(data_of(&sse.messages(1).await), vec![9]);
+}
+
+#[tokio::test]
+async fn sse_requires_the_same_token_and_rights_as_websocket() {
+    let dir = std::env::temp_dir().join(format!("rc-sse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("secret");
+    let secret = b"0123456789abcdef0123456789abcdef-sse-secret";
+    std::fs::write(&path, secret).unwrap();
+    let node = Node::start(&[
+        "--auth",
+        "required",
+        "--jwt-secret-file",
+        path.to_str().unwrap(),
+    ]);
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "sam", "exp": exp, "rooms": {"open.*": ["subscribe"]}}),
+        &jsonwebtoken::EncodingKey::from_secret(secret).unwrap(),
+    )
+    .unwrap();
+    let (st, _, body) = Sse::open(node.http, "/sse?rooms=open.a", None).await;
+    assert_eq!(st, 401, "{body}");
+    let (st, _, _) = Sse::open(node.http, "/sse?rooms=open.a&token=bad", None).await;
+    assert_eq!(st, 401);
+    let (st, _, body) = Sse::open(
+        node.http,
+        &format!("/sse?rooms=open.a,closed&token={token}"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 403, "{body}");
+    let (st, sse, _) =
+        Sse::open(node.http, &format!("/sse?rooms=open.a&token={token}"), None).await;
+    assert_eq!(st, 200);
+    assert!(sse.is_some());
+}

@@ -22,6 +22,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process; boxing the serve flags would only complicate the clap derive.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run a node (the default).
     Serve(ServeArgs),

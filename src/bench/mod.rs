@@ -113,6 +113,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Report> {
     rt.block_on(run_async(args))
 }
 
+/// chaos: (room index, epoch, seq) → (publisher, n): who published each message, for the
+/// check that all subscribers agree on one order.
+pub(crate) type OrderMap = HashMap<(usize, String, u64), (u64, u64)>;
+
 /// Counters shared by all client tasks.
 pub(crate) struct Shared {
     pub args: BenchArgs,
@@ -142,7 +146,7 @@ pub(crate) struct Shared {
     pub results: Mutex<Vec<report::SubResult>>,
     pub hist: Mutex<Histogram<u64>>,
     /// chaos: (room, epoch, seq) → (publisher, n), for the one-order check.
-    pub order: Mutex<HashMap<(usize, String, u64), (u64, u64)>>,
+    pub order: Mutex<OrderMap>,
     /// --strict: the acknowledged messages of each room, `(publisher, n)`, to check that each
     /// one reached every subscriber (counts alone would let an unacknowledged delivery hide
     /// a lost acknowledged one).

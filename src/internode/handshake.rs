@@ -27,7 +27,8 @@ use crate::ids::NodeId;
 pub struct Failure {
     pub reason: Option<&'static str>,
     pub detail: String,
-    pub reply: Option<Frame>,
+    /// What to tell the peer before closing (boxed: a `Frame` is large, failures are rare).
+    pub reply: Option<Box<Frame>>,
 }
 
 fn fail(reason: Option<&'static str>, detail: impl Into<String>) -> Failure {
@@ -42,9 +43,9 @@ fn reject(reason: &'static str, detail: impl Into<String>, told: &str) -> Failur
     Failure {
         reason: Some(reason),
         detail: detail.into(),
-        reply: Some(Frame::Reject {
+        reply: Some(Box::new(Frame::Reject {
             reason: told.to_string(),
-        }),
+        })),
     }
 }
 
@@ -335,7 +336,7 @@ mod tests {
             Ok(other) => panic!("{other:?}"),
             Err(e) => {
                 let told = match &e.reply {
-                    Some(r) => c.on_frame(r.clone()).map(|_| unreachable!()),
+                    Some(r) => c.on_frame((**r).clone()).map(|_| unreachable!()),
                     None => Err(fail(None, "closed")),
                 };
                 return (told, Err(e));
@@ -361,7 +362,7 @@ mod tests {
             Ok(other) => panic!("{other:?}"),
             Err(e) => {
                 let told = match &e.reply {
-                    Some(r) => c.on_frame(r.clone()).map(|_| unreachable!()),
+                    Some(r) => c.on_frame((**r).clone()).map(|_| unreachable!()),
                     None => Err(fail(None, "closed")),
                 };
                 (told, Err(e))
@@ -424,8 +425,8 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.reason, Some("bad_secret"));
         assert_eq!(
-            e.reply,
-            Some(Frame::Reject {
+            e.reply.as_deref(),
+            Some(&Frame::Reject {
                 reason: "authentication failed".into()
             })
         );

@@ -64,6 +64,16 @@ pub async fn broadcast(node: &Arc<NodeContext>, rooms: Vec<RoomId>, data: String
     futures_util::future::join_all(all).await
 }
 
+/// Reads `room`'s presence set through its owner (`Reply::Presence` or an error).
+pub async fn presence(node: &NodeContext, room: RoomId) -> Reply {
+    ask(node, |handle| Input::Presence {
+        handle,
+        room,
+        req: ReqId::NONE,
+    })
+    .await
+}
+
 /// Longest `reason` of a disconnect, in bytes.
 pub const MAX_REASON_BYTES: usize = 256;
 

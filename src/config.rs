@@ -94,6 +94,9 @@ pub struct Config {
     /// Copies of each room kept on other nodes besides its owner (the next members in the
     /// room's rendezvous order); a message is acknowledged once every copy holds it.
     pub room_replicas: usize,
+    /// Presence entries kept per room at most; past it a join with `presence` is served
+    /// without an entry (counted in `roomcast_presence_refused_total`).
+    pub presence_max_per_room: usize,
     /// WebSocket ping interval (also announced to clients as `heartbeat_ms`).
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -163,6 +166,7 @@ impl Default for Config {
             history_max_age: Duration::from_secs(600),
             history_max_bytes: 8 * 1024 * 1024,
             room_replicas: 1,
+            presence_max_per_room: 1_000,
             heartbeat_interval: Duration::from_secs(15),
             heartbeat_max_missed: 2,
             request_timeout: Duration::from_secs(5),
@@ -360,6 +364,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub room_replicas: Option<usize>,
+    /// Presence entries kept per room at most [default: 1000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_max_per_room: Option<usize>,
     /// WebSocket ping interval [default: 15s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(
@@ -509,7 +517,8 @@ impl Config {
         if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
             return Err(invalid("cluster_id", "must be 1-64 characters"));
         }
-        let positive: [(&str, usize); 9] = [
+        let positive: [(&str, usize); 10] = [
+            ("presence_max_per_room", self.presence_max_per_room),
             ("max_frame_bytes", self.max_frame_bytes),
             ("max_data_bytes", self.max_data_bytes),
             ("max_rooms_per_conn", self.max_rooms_per_conn),

@@ -48,6 +48,8 @@ pub const INTERNODE_DROPPED: &str = "roomcast_internode_queue_overflows_total";
 pub const AUTH_FAILURES: &str = "roomcast_auth_failures_total";
 pub const API_REQUESTS: &str = "roomcast_api_requests_total";
 pub const SSE_CONNECTIONS: &str = "roomcast_sse_connections";
+pub const PRESENCE_ENTRIES: &str = "roomcast_presence_entries";
+pub const PRESENCE_REFUSED: &str = "roomcast_presence_refused_total";
 
 /// Histogram buckets for latencies, in seconds (50 µs … 5 s).
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -85,6 +87,14 @@ fn describe() {
     describe_gauge!(CONNECTIONS, "WebSocket connections open on this node");
     describe_gauge!(ROOMS, "Rooms this node owns (sequences) now");
     describe_counter!(PUBLISHED, "Publishes acknowledged to clients of this node");
+    describe_gauge!(
+        PRESENCE_ENTRIES,
+        "Presence entries held in the rooms this node owns"
+    );
+    describe_counter!(
+        PRESENCE_REFUSED,
+        "Joins with presence not recorded because the room's set was full (presence_max_per_room)"
+    );
     describe_gauge!(
         SSE_CONNECTIONS,
         "SSE connections open on this node (also in roomcast_connections)"

@@ -120,6 +120,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         },
         request_timeout_us: config.request_timeout.as_micros() as u64,
         replicas: config.room_replicas,
+        presence_max: config.presence_max_per_room,
     };
     let node = core.block_on(async {
         let membership = Membership::start(

@@ -189,6 +189,7 @@ pub fn open(node: &Arc<NodeContext>, req: SseRequest) -> Result<SseStream, Refus
             since,
             epoch,
             req: ReqId::NONE,
+            presence: Default::default(),
         };
         if node.shards.try_send(input).is_err() {
             // The guard (dropped with the stream) leaves what was joined.

@@ -5,6 +5,7 @@
 //! * `POST /api/publish {room, data, key?}` → `{room, seq, epoch}`
 //! * `POST /api/broadcast {rooms: [..], data}` → `{results: [{room, seq, epoch} | {room, error}]}`
 //! * `GET /api/rooms/{room}/history?since=&limit=` → `{room, messages, seq, epoch, recovered}`
+//! * `GET /api/rooms/{room}/presence` → `{room, members: [{user, conn, info?}]}`
 //! * `POST /api/disconnect {user, reason?}` → `{user, disconnected}` (here; other nodes too)
 //!
 //! Every request needs `Authorization: Bearer KEY` with a key of `api_keys_file`; without
@@ -26,6 +27,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/publish", web::post().to(publish))
         .route("/api/broadcast", web::post().to(broadcast))
         .route("/api/rooms/{room}/history", web::get().to(history))
+        .route("/api/rooms/{room}/presence", web::get().to(presence))
         .route("/api/disconnect", web::post().to(disconnect));
 }
 
@@ -348,4 +350,47 @@ async fn disconnect(
     }
     let here = api::disconnect(&node, user.clone(), reason);
     ok(EP, json!({ "user": user.as_str(), "disconnected": here }))
+}
+
+async fn presence(
+    node: web::Data<NodeContext>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> HttpResponse {
+    const EP: &str = "presence";
+    if let Err(res) = authorise(&node, &req, EP) {
+        return *res;
+    }
+    let room = match room(EP, &path.into_inner()) {
+        Ok(r) => r,
+        Err(res) => return *res,
+    };
+    match api::presence(&node, room).await {
+        Reply::Presence { room, members } => {
+            let members: Vec<Value> = members
+                .iter()
+                .map(|m| {
+                    let mut v = json!({
+                        "user": m.user.as_ref().map_or(m.conn.as_str(), |u| u.as_str()),
+                        "conn": m.conn.as_str(),
+                    });
+                    if let Some(info) = m
+                        .info
+                        .as_deref()
+                        .and_then(|i| serde_json::from_str::<Value>(i).ok())
+                    {
+                        v["info"] = info;
+                    }
+                    v
+                })
+                .collect();
+            ok(EP, json!({ "room": room.as_str(), "members": members }))
+        }
+        Reply::Error { code, message } => error(EP, code, &message),
+        other => error(
+            EP,
+            ErrorCode::Internal,
+            &format!("unexpected reply {other:?}"),
+        ),
+    }
 }

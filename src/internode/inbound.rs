@@ -16,7 +16,7 @@ use super::handshake::{self, ServerStep};
 use super::{HANDSHAKE_TIMEOUT, Peers, READ_BATCH, length_codec};
 use crate::ids::NodeId;
 use crate::metrics as m;
-use crate::routing::{PeerMsg, Publish};
+use crate::routing::{PeerMsg, PresenceEntry, Publish};
 
 /// Accepts internode connections until the listener fails.
 pub async fn serve(listener: TcpListener, peers: Peers) {
@@ -177,10 +177,28 @@ fn forget_inbound(peers: &Peers, peer: &NodeId, conn_id: u64) {
 
 /// Checks what the routing layer trusts a message to be (it writes `data` into client frames).
 fn validate(msg: &PeerMsg) -> Result<(), &'static str> {
+    let json = |s: &str| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok();
     if let PeerMsg::Publish(Publish { data, .. }) = msg
-        && serde_json::from_str::<serde::de::IgnoredAny>(data).is_err()
+        && !json(data)
     {
         return Err("publish data is not JSON");
+    }
+    // Presence `info` is written into client frames too.
+    let entries: Vec<&PresenceEntry> = match msg {
+        PeerMsg::PresenceJoin(m) => vec![&m.entry],
+        PeerMsg::PresenceEvent(m) => vec![&m.entry],
+        PeerMsg::PresenceSync(m) => m.entries.iter().collect(),
+        PeerMsg::PresenceResp(m) => m.members.iter().collect(),
+        PeerMsg::ReplicaPresence(m) => m.entry.iter().collect(),
+        PeerMsg::ReplicaSync(m) => m.state.presence.iter().collect(),
+        PeerMsg::Handoff(m) => m.state.iter().flat_map(|s| s.presence.iter()).collect(),
+        _ => Vec::new(),
+    };
+    if entries
+        .iter()
+        .any(|e| e.info.as_deref().is_some_and(|i| !json(i)))
+    {
+        return Err("presence info is not JSON");
     }
     Ok(())
 }

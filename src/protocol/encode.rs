@@ -41,6 +41,11 @@ pub enum Reply {
     Pong {
         ts: u64,
     },
+    /// The room's presence set.
+    Presence {
+        room: RoomId,
+        members: Vec<super::PresenceEntry>,
+    },
     /// `auth` or `refresh` succeeded: the connection acts as `user` until `exp` (unix s).
     Authenticated {
         user: UserId,
@@ -88,6 +93,50 @@ pub fn disconnect(reason: &str) -> ByteString {
     let mut s = String::with_capacity(48 + reason.len());
     s.push_str(r#"{"type":"disconnect","reason":"#);
     push_json_str(&mut s, reason);
+    s.push('}');
+    ByteString::from(s)
+}
+
+/// One presence member: `{"user":U,"conn":C,"info":I?}` — `user` is the connection name
+/// when the connection is anonymous.
+fn push_member(s: &mut String, m: &super::PresenceEntry) {
+    s.push_str(r#"{"user":"#);
+    match &m.user {
+        Some(u) => push_json_str(s, u.as_str()),
+        None => push_json_str(s, m.conn.as_str()),
+    }
+    s.push_str(r#","conn":""#);
+    s.push_str(m.conn.as_str());
+    s.push('"');
+    if let Some(info) = &m.info {
+        s.push_str(r#","info":"#);
+        s.push_str(info);
+    }
+    s.push('}');
+}
+
+/// A presence change: `{"type":"presence","room":R,"action":"join"|"leave","user":U,"conn":C,
+/// "info":I?}`.
+pub fn presence_event(room: &RoomId, join: bool, m: &super::PresenceEntry) -> ByteString {
+    let mut s = String::with_capacity(96);
+    s.push_str(r#"{"type":"presence","room":""#);
+    s.push_str(room.as_str());
+    s.push_str(if join {
+        r#"","action":"join","user":"#
+    } else {
+        r#"","action":"leave","user":"#
+    });
+    match &m.user {
+        Some(u) => push_json_str(&mut s, u.as_str()),
+        None => push_json_str(&mut s, m.conn.as_str()),
+    }
+    s.push_str(r#","conn":""#);
+    s.push_str(m.conn.as_str());
+    s.push('"');
+    if join && let Some(info) = &m.info {
+        s.push_str(r#","info":"#);
+        s.push_str(info);
+    }
     s.push('}');
     ByteString::from(s)
 }
@@ -176,6 +225,16 @@ pub fn reply(id: &ReqId, reply: &Reply) -> ByteString {
         }
         Reply::Pong { ts } => {
             let _ = write!(s, r#","ok":true,"ts":{ts}"#);
+        }
+        Reply::Presence { room, members } => {
+            let _ = write!(s, r#","ok":true,"room":"{room}","members":["#);
+            for (i, m) in members.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                push_member(&mut s, m);
+            }
+            s.push(']');
         }
         Reply::Authenticated { user, exp } => {
             s.push_str(r#","ok":true,"user":"#);

@@ -16,10 +16,10 @@ pub use close::CloseReason;
 
 use std::borrow::Cow;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::ids::{Epoch, IdError, RoomId};
+use crate::ids::{ConnName, Epoch, IdError, RoomId, UserId};
 
 /// Error codes of the client protocol (`error.code` in a failed reply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,6 +66,30 @@ impl ErrorCode {
     }
 }
 
+/// One connection in a room's presence set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEntry {
+    pub conn: ConnName,
+    /// The connection's authenticated user (`None`: anonymous; shown as the connection name).
+    pub user: Option<UserId>,
+    /// The token's `info` claim, raw JSON (checked to be JSON when it comes from a peer).
+    pub info: Option<String>,
+}
+
+impl PresenceEntry {
+    /// Roughly how many bytes it takes (queue bounds).
+    pub fn approx_size(&self) -> usize {
+        48 + self.conn.as_str().len()
+            + self.user.as_ref().map_or(0, |u| u.as_str().len())
+            + self.info.as_ref().map_or(0, String::len)
+    }
+
+    /// The node the connection is on (the prefix of its name).
+    pub fn node(&self) -> &str {
+        self.conn.as_str().split('/').next().unwrap_or("")
+    }
+}
+
 /// A request's `id`, as the raw JSON text the client sent (any JSON value), echoed verbatim in
 /// the reply. `None` when the request had no id (the reply then says `"id":null`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -101,6 +125,10 @@ pub enum Op<'a> {
         epoch: Option<Epoch>,
         /// A token for this room, for rooms the connection's token does not cover.
         token: Option<String>,
+        /// Enter the room's presence set.
+        presence: bool,
+        /// Receive the room's presence changes.
+        presence_events: bool,
     },
     Leave {
         room: RoomId,
@@ -118,6 +146,10 @@ pub enum Op<'a> {
         limit: Option<u64>,
     },
     Ping,
+    /// Read a room's presence set.
+    Presence {
+        room: RoomId,
+    },
     /// Authenticate the connection with a JWT (`auth = optional | required`).
     Auth {
         token: String,
@@ -137,6 +169,7 @@ impl Op<'_> {
             Op::Publish { .. } => "publish",
             Op::History { .. } => "history",
             Op::Ping => "ping",
+            Op::Presence { .. } => "presence",
             Op::Auth { .. } => "auth",
             Op::Refresh { .. } => "refresh",
         }
@@ -183,6 +216,10 @@ struct RawRequest<'a> {
     key: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    presence: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    presence_events: Option<&'a RawValue>,
 }
 
 /// `Some(raw)` for a present field, even when its value is `null` (plain `Option` would turn a
@@ -234,6 +271,11 @@ pub fn parse_request<'a>(text: &'a str, limits: ParseLimits) -> Result<Request<'
                 None => None,
                 Some(_) => Some(token(&id, raw.token)?),
             },
+            presence: flag(&id, "presence", raw.presence)?,
+            presence_events: flag(&id, "presence_events", raw.presence_events)?,
+        },
+        "presence" => Op::Presence {
+            room: room(&id, raw.room)?,
         },
         "leave" => Op::Leave {
             room: room(&id, raw.room)?,
@@ -281,12 +323,21 @@ pub fn parse_request<'a>(text: &'a str, limits: ParseLimits) -> Result<Request<'
             return Err(RequestError::bad(
                 &id,
                 format!(
-                    "unknown op {shown:?}; expected join, leave, publish, history, ping, auth or refresh"
+                    "unknown op {shown:?}; expected join, leave, publish, history, presence, ping, auth or refresh"
                 ),
             ));
         }
     };
     Ok(Request { id, op })
+}
+
+/// An optional boolean field (absent = false).
+fn flag(id: &ReqId, field: &str, raw: Option<&RawValue>) -> Result<bool, RequestError> {
+    match raw {
+        None => Ok(false),
+        Some(v) => serde_json::from_str::<bool>(v.get())
+            .map_err(|_| RequestError::bad(id, format!("field \"{field}\" must be a boolean"))),
+    }
 }
 
 /// Longest token accepted, in bytes.
@@ -380,6 +431,8 @@ mod tests {
                 since: Some(5),
                 epoch: None,
                 token: None,
+                presence: false,
+                presence_events: false,
             }
         );
         let r = parse_request(

@@ -166,7 +166,8 @@ impl Shards {
             Input::Join { room, .. }
             | Input::Leave { room, .. }
             | Input::Publish { room, .. }
-            | Input::History { room, .. } => Some(room),
+            | Input::History { room, .. }
+            | Input::Presence { room, .. } => Some(room),
             Input::Peer { msg, .. } => Some(msg.room()),
             Input::Members(_)
             | Input::View { .. }
@@ -433,6 +434,7 @@ struct Reported {
     quorum_losses: u64,
     under: usize,
     copies: usize,
+    presence: usize,
     stats: RouterStats,
 }
 
@@ -453,7 +455,16 @@ impl Reported {
             m::gauge_add(m::REPLICA_COPIES, copies as f64 - self.copies as f64);
             self.copies = copies;
         }
+        let presence = router.presence_entries();
+        if presence != self.presence {
+            m::gauge_add(m::PRESENCE_ENTRIES, presence as f64 - self.presence as f64);
+            self.presence = presence;
+        }
         let s = router.stats();
+        m::add(
+            m::PRESENCE_REFUSED,
+            s.presence_refused - self.stats.presence_refused,
+        );
         m::add(m::FEED_GAPS, s.gaps - self.stats.gaps);
         m::add(m::GAP_EVICTIONS, s.evictions - self.stats.evictions);
         m::add(m::OWNER_CHANGES, s.owner_changes - self.stats.owner_changes);

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use bytestring::ByteString;
 
 use super::message::{
-    Event, HistoryReq, HistoryResp, Publish, PublishAck, Refused, Subscribe, SubscribeAck,
-    Unsubscribe,
+    Event, HistoryReq, HistoryResp, PresenceEntry, PresenceReq, PresenceResp, Publish, PublishAck,
+    Refused, Subscribe, SubscribeAck, Unsubscribe,
 };
+use super::presence::JoinPresence;
 use super::{Action, EvictReason, PeerError, PeerMsg, Router, Subscribers};
 use crate::ids::{ConnId, ConnName, Epoch, NodeId, RoomId, UserId};
 use crate::protocol::encode::Reply;
@@ -31,6 +32,20 @@ pub(super) struct MemberRoom<H> {
     /// move back to an owner whose epoch the subscribers already saw part of: they continue it
     /// where they left it instead of seeing its messages twice.
     past: Vec<(Epoch, u64)>,
+    /// Local connections in the room's presence set, with their entries (`presence.rs`).
+    pub(super) presence: Vec<(ConnId, PresenceEntry)>,
+    /// Local subscribers that get the room's presence changes.
+    pub(super) presence_subs: Subscribers<H>,
+}
+
+impl<H> MemberRoom<H> {
+    /// The node this node's feed of the room follows (or is resyncing with), if any.
+    pub(super) fn feed_owner(&self) -> Option<NodeId> {
+        match &self.feed {
+            Feed::Live { owner, .. } | Feed::Resyncing { owner, .. } => Some(owner.clone()),
+            Feed::Unregistered => None,
+        }
+    }
 }
 
 /// Past epochs remembered per member room.
@@ -70,6 +85,8 @@ struct PendingJoin<H> {
     since: Option<u64>,
     epoch: Option<Epoch>,
     req: ReqId,
+    /// What the join asks of presence, applied when it completes.
+    presence: JoinPresence,
     deadline_us: u64,
     /// `(token, owner)` of the Subscribe in flight, or `None` while parked (behind a resync,
     /// or until `retry_at_us` after a refusal).
@@ -111,6 +128,7 @@ enum ReqKind {
         since: u64,
         limit: u64,
     },
+    Presence,
 }
 
 impl ReqKind {
@@ -134,6 +152,10 @@ impl ReqKind {
                 token,
                 since: *since,
                 limit: *limit,
+            }),
+            ReqKind::Presence => PeerMsg::PresenceReq(PresenceReq {
+                room: room.clone(),
+                token,
             }),
         }
     }
@@ -159,14 +181,13 @@ fn fail_join<H: Clone>(j: PendingJoin<H>, room: &RoomId, why: &str, out: &mut Ve
 impl<H: Clone> Router<H> {
     // ---------------------------------------------------------------- local requests
 
-    #[allow(clippy::too_many_arguments)]
+    /// A local join; `(since, epoch, presence)` as `Input::Join` has them.
     pub(super) fn join(
         &mut self,
         conn: ConnId,
         handle: H,
         room: RoomId,
-        since: Option<u64>,
-        epoch: Option<Epoch>,
+        (since, epoch, presence): (Option<u64>, Option<Epoch>, JoinPresence),
         req: ReqId,
         out: &mut Vec<Action<H>>,
     ) {
@@ -180,6 +201,8 @@ impl<H: Clone> Router<H> {
                 joins: Vec::new(),
                 feed: Feed::Unregistered,
                 past: Vec::new(),
+                presence: Vec::new(),
+                presence_subs: Arc::new(Vec::new()),
             });
         // Fast path: this node already follows the room and the client wants no history.
         if since.is_none()
@@ -194,15 +217,16 @@ impl<H: Clone> Router<H> {
                 to: handle.clone(),
                 req,
                 reply: Reply::Joined {
-                    room,
+                    room: room.clone(),
                     seq: *seq,
                     epoch: epoch.clone(),
                     recovered: None,
                 },
             });
             if !r.subs.iter().any(|(c, _)| *c == conn) {
-                Arc::make_mut(&mut r.subs).push((conn, handle));
+                Arc::make_mut(&mut r.subs).push((conn, handle.clone()));
             }
+            self.local_presence_joined(&room, conn, handle, presence, out);
             return;
         }
         let parked = matches!(r.feed, Feed::Resyncing { .. });
@@ -212,6 +236,7 @@ impl<H: Clone> Router<H> {
             since,
             epoch,
             req,
+            presence,
             deadline_us,
             sent: None,
             retry_at_us: 0,
@@ -249,6 +274,7 @@ impl<H: Clone> Router<H> {
         reply: bool,
         out: &mut Vec<Action<H>>,
     ) {
+        self.local_presence_left(&room, conn, out);
         if let Some(r) = self.member_rooms.get_mut(&room) {
             if r.subs.iter().any(|(c, _)| *c == conn) {
                 Arc::make_mut(&mut r.subs).retain(|(c, _)| *c != conn);
@@ -333,6 +359,32 @@ impl<H: Clone> Router<H> {
             key: p.key.map(ByteString::from),
         };
         self.request(handle, room, req, kind, out);
+    }
+
+    pub(super) fn presence_query(
+        &mut self,
+        handle: H,
+        room: RoomId,
+        req: ReqId,
+        out: &mut Vec<Action<H>>,
+    ) {
+        self.request(handle, room, req, ReqKind::Presence, out);
+    }
+
+    /// The owner's answer to a presence read.
+    pub(super) fn on_presence_resp(&mut self, resp: PresenceResp, out: &mut Vec<Action<H>>) {
+        let PresenceResp {
+            room,
+            token,
+            members,
+        } = resp;
+        if let Some(p) = self.take_pending(token) {
+            out.push(Action::Reply {
+                to: p.handle,
+                req: p.req,
+                reply: Reply::Presence { room, members },
+            });
+        }
     }
 
     pub(super) fn history(
@@ -569,7 +621,7 @@ impl<H: Clone> Router<H> {
             to: j.handle.clone(),
             req: j.req,
             reply: Reply::Joined {
-                room,
+                room: room.clone(),
                 seq,
                 epoch,
                 recovered: j.since.map(|_| recovered),
@@ -583,8 +635,11 @@ impl<H: Clone> Router<H> {
             });
         }
         if !r.subs.iter().any(|(c, _)| *c == j.conn) {
-            Arc::make_mut(&mut r.subs).push((j.conn, j.handle));
+            Arc::make_mut(&mut r.subs).push((j.conn, j.handle.clone()));
         }
+        // The feed is live with `from`: it learns this node's set, then this connection.
+        self.sync_local_presence(&room, from, out);
+        self.local_presence_joined(&room, j.conn, j.handle, j.presence, out);
     }
 
     pub(super) fn on_event(&mut self, from: NodeId, ev: Event, out: &mut Vec<Action<H>>) {
@@ -603,6 +658,8 @@ impl<H: Clone> Router<H> {
             return;
         };
         let mut resync_at: Option<NodeId> = None;
+        // The room moved with its state: its new owner learns this node's presence set too.
+        let mut resync_presence = false;
         match &mut r.feed {
             Feed::Live {
                 owner,
@@ -616,6 +673,7 @@ impl<H: Clone> Router<H> {
                         *owner = from.clone();
                         let until = self.now_us + super::owner::MOVED_TTL_US;
                         self.hints.insert(room.clone(), (from.clone(), until));
+                        resync_presence = true;
                     }
                     *s = seq;
                     out.push(Action::Fanout {
@@ -629,15 +687,18 @@ impl<H: Clone> Router<H> {
                     // Events are missing: repair from the node that sent this one (it holds
                     // the epoch now).
                     self.stats.gaps += 1;
-                    resync_at = Some(from);
+                    resync_at = Some(from.clone());
                 }
             }
             Feed::Live { owner, .. } if *owner == from => {
                 // Same owner, new epoch: the room restarted at the owner. Repair from history.
                 self.stats.gaps += 1;
-                resync_at = Some(from);
+                resync_at = Some(from.clone());
             }
             _ => self.stats.stale_events += 1,
+        }
+        if resync_presence {
+            self.sync_local_presence(&room, from.clone(), out);
         }
         if let Some(node) = resync_at {
             if node != self.owner_of(&room) {
@@ -752,10 +813,11 @@ impl<H: Clone> Router<H> {
         }
         let seq = seq.max(delivered);
         r.feed = Feed::Live {
-            owner: from,
+            owner: from.clone(),
             epoch,
             seq,
         };
+        self.sync_local_presence(&room, from, out);
         self.resend_parked_joins(&room, out);
         self.drop_room_if_unused(&room, out);
     }

@@ -42,6 +42,69 @@ pub struct RoomState {
     pub keys: Vec<(ByteString, u64)>,
     /// Publishers waiting for the commit of an uncommitted seq: `(seq, node, token)`.
     pub waiters: Vec<(u64, NodeId, u64)>,
+    /// The room's presence set (connections that joined with `presence: true`).
+    pub presence: Vec<PresenceEntry>,
+}
+
+pub use crate::protocol::PresenceEntry;
+
+// ---- presence (member → owner, owner → members, owner → replicas) ----
+
+/// Member → owner: a local connection is in the room's presence set. Sent again (idempotent)
+/// whenever the member's feed of the room (re)starts, so a new owner learns the set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceJoin {
+    pub room: RoomId,
+    pub entry: PresenceEntry,
+}
+
+/// Member → owner: all of the sender's connections in the room's presence set; replaces what
+/// the owner holds for the sender (sent when the sender's feed of the room starts or
+/// resyncs, so a lost `PresenceLeave` cannot leave a ghost).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceSync {
+    pub room: RoomId,
+    pub entries: Vec<PresenceEntry>,
+}
+
+/// Member → owner: a local connection left the room (or went away).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceLeave {
+    pub room: RoomId,
+    pub conn: ConnName,
+}
+
+/// Owner → interested nodes: a presence change, for subscribers that asked for them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceEvent {
+    pub room: RoomId,
+    pub join: bool,
+    pub entry: PresenceEntry,
+}
+
+/// Member → owner: read the presence set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceReq {
+    pub room: RoomId,
+    pub token: u64,
+}
+
+/// Owner → member: the presence set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceResp {
+    pub room: RoomId,
+    pub token: u64,
+    pub members: Vec<PresenceEntry>,
+}
+
+/// Owner → replica: one presence change, applied to the replica's copy (`entry: None` removes
+/// `conn`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaPresence {
+    pub room: RoomId,
+    pub epoch: Epoch,
+    pub conn: ConnName,
+    pub entry: Option<PresenceEntry>,
 }
 
 /// Owner → replica: one sequenced message, appended to the replica's copy of the room.
@@ -256,6 +319,13 @@ pub enum PeerMsg {
     ReplicaAck(ReplicaAck),
     ReplicaDrop(ReplicaDrop),
     HandoffOffer(HandoffOffer),
+    PresenceJoin(PresenceJoin),
+    PresenceSync(PresenceSync),
+    PresenceLeave(PresenceLeave),
+    PresenceEvent(PresenceEvent),
+    PresenceReq(PresenceReq),
+    PresenceResp(PresenceResp),
+    ReplicaPresence(ReplicaPresence),
 }
 
 impl PeerMsg {
@@ -281,18 +351,27 @@ impl PeerMsg {
             PeerMsg::ReplicaAck(m) => &m.room,
             PeerMsg::ReplicaDrop(m) => &m.room,
             PeerMsg::HandoffOffer(m) => &m.room,
+            PeerMsg::PresenceJoin(m) => &m.room,
+            PeerMsg::PresenceSync(m) => &m.room,
+            PeerMsg::PresenceLeave(m) => &m.room,
+            PeerMsg::PresenceEvent(m) => &m.room,
+            PeerMsg::PresenceReq(m) => &m.room,
+            PeerMsg::PresenceResp(m) => &m.room,
+            PeerMsg::ReplicaPresence(m) => &m.room,
         }
     }
 
     /// Roughly how many bytes this message occupies (for queue byte bounds).
     pub fn approx_size(&self) -> usize {
         let hist = |h: &Vec<HistEntry>| h.iter().map(|e| e.frame.len() + 24).sum::<usize>();
+        let pres = |p: &Vec<PresenceEntry>| p.iter().map(PresenceEntry::approx_size).sum::<usize>();
         64 + match self {
             PeerMsg::Publish(m) => m.data.len() + m.key.as_ref().map_or(0, |k| k.len()),
             PeerMsg::Event(m) => m.frame.len(),
             PeerMsg::Replicate(m) => m.frame.len() + m.key.as_ref().map_or(0, |k| k.len()),
             PeerMsg::ReplicaSync(m) => {
-                hist(&m.state.history)
+                pres(&m.state.presence)
+                    + hist(&m.state.history)
                     + m.state
                         .keys
                         .iter()
@@ -302,8 +381,15 @@ impl PeerMsg {
             PeerMsg::SubscribeAck(m) => hist(&m.history),
             PeerMsg::HistoryResp(m) => hist(&m.history),
             PeerMsg::Handoff(Handoff { state: Some(s), .. }) => {
-                hist(&s.history) + s.keys.iter().map(|(k, _)| k.len() + 16).sum::<usize>()
+                pres(&s.presence)
+                    + hist(&s.history)
+                    + s.keys.iter().map(|(k, _)| k.len() + 16).sum::<usize>()
             }
+            PeerMsg::PresenceJoin(m) => m.entry.approx_size(),
+            PeerMsg::PresenceSync(m) => pres(&m.entries),
+            PeerMsg::PresenceEvent(m) => m.entry.approx_size(),
+            PeerMsg::PresenceResp(m) => pres(&m.members),
+            PeerMsg::ReplicaPresence(m) => m.entry.as_ref().map_or(0, PresenceEntry::approx_size),
             _ => 0,
         }
     }
@@ -329,6 +415,13 @@ impl PeerMsg {
             PeerMsg::ReplicaAck(_) => "replica_ack",
             PeerMsg::ReplicaDrop(_) => "replica_drop",
             PeerMsg::HandoffOffer(_) => "handoff_offer",
+            PeerMsg::PresenceJoin(_) => "presence_join",
+            PeerMsg::PresenceSync(_) => "presence_sync",
+            PeerMsg::PresenceLeave(_) => "presence_leave",
+            PeerMsg::PresenceEvent(_) => "presence_event",
+            PeerMsg::PresenceReq(_) => "presence_req",
+            PeerMsg::PresenceResp(_) => "presence_resp",
+            PeerMsg::ReplicaPresence(_) => "replica_presence",
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod history;
 mod member;
 pub mod message;
 mod owner;
+mod presence;
 pub mod quorum;
 mod replica;
 #[cfg(test)]
@@ -59,9 +60,10 @@ use crate::protocol::encode::Reply;
 pub use history::{HistEntry, HistoryLimits};
 pub use message::{
     Event, Handoff, HandoffAck, HandoffMoving, HandoffOffer, HandoffQuery, HistoryReq, HistoryResp,
-    PeerError, PeerMsg, Publish, PublishAck, Refused, ReplicaAck, ReplicaDrop, ReplicaSync,
-    Replicate, RoomState, Subscribe, SubscribeAck, Unsubscribe,
+    PeerError, PeerMsg, PresenceEntry, Publish, PublishAck, Refused, ReplicaAck, ReplicaDrop,
+    ReplicaSync, Replicate, RoomState, Subscribe, SubscribeAck, Unsubscribe,
 };
+pub use presence::JoinPresence;
 pub use replica::KEY_WINDOW;
 
 use member::{MemberRoom, NewPublish, PendingReq};
@@ -80,6 +82,8 @@ pub struct RouterConfig {
     pub request_timeout_us: u64,
     /// Copies of each room kept on other nodes besides its owner (`room_replicas`).
     pub replicas: usize,
+    /// Presence entries kept per room at most (`presence_max_per_room`).
+    pub presence_max: usize,
 }
 
 /// An event fed to the router.
@@ -93,6 +97,8 @@ pub enum Input<H> {
         since: Option<u64>,
         epoch: Option<Epoch>,
         req: ReqId,
+        /// What the join asks of the room's presence set.
+        presence: JoinPresence,
     },
     /// A local connection leaves `room`. `reply` is false when the connection is gone.
     Leave {
@@ -122,6 +128,8 @@ pub enum Input<H> {
         limit: u64,
         req: ReqId,
     },
+    /// A local connection reads the room's presence set.
+    Presence { handle: H, room: RoomId, req: ReqId },
     /// A message from a peer node.
     Peer { from: NodeId, msg: PeerMsg },
     /// The live members eligible to own rooms, all of them also live (tests' shorthand for
@@ -208,6 +216,8 @@ pub struct RouterStats {
     pub replica_conflicts: u64,
     /// Times this node lost the quorum (saw less than a majority of the stable membership).
     pub quorum_losses: u64,
+    /// Presence entries not recorded because their room's set was full.
+    pub presence_refused: u64,
 }
 
 /// The routing state machine for a set of rooms on one node.
@@ -306,7 +316,8 @@ impl<H: Clone> Router<H> {
             && !self.members.is_empty()
             && let Input::Join { handle, req, .. }
             | Input::Publish { handle, req, .. }
-            | Input::History { handle, req, .. } = &input
+            | Input::History { handle, req, .. }
+            | Input::Presence { handle, req, .. } = &input
         {
             out.push(Action::Reply {
                 to: handle.clone(),
@@ -329,7 +340,8 @@ impl<H: Clone> Router<H> {
                 since,
                 epoch,
                 req,
-            } => self.join(conn, handle, room, since, epoch, req, out),
+                presence,
+            } => self.join(conn, handle, room, (since, epoch, presence), req, out),
             Input::Leave {
                 conn,
                 handle,
@@ -361,6 +373,7 @@ impl<H: Clone> Router<H> {
                 limit,
                 req,
             } => self.history(handle, room, since, limit, req, out),
+            Input::Presence { handle, room, req } => self.presence_query(handle, room, req, out),
             Input::Peer { from, msg } => self.on_peer(from, msg, out),
             Input::Members(members) => self.set_members(members.clone(), members, out),
             Input::View { eligible, live } => self.set_members(eligible, live, out),
@@ -374,6 +387,7 @@ impl<H: Clone> Router<H> {
                 self.peer_reset_owner_side(&node, out);
                 self.peer_reset_replication(&node, out);
                 self.peer_restarted_copies(&node, out);
+                self.prune_presence_everywhere(std::slice::from_ref(&node), out);
             }
             Input::Tick => {
                 self.tick_quorum(out);
@@ -496,6 +510,13 @@ impl<H: Clone> Router<H> {
             PeerMsg::ReplicaAck(m) => self.on_replica_ack(from, m, out),
             PeerMsg::ReplicaDrop(m) => self.on_replica_drop(&from, m),
             PeerMsg::HandoffOffer(m) => self.on_handoff_offer(from, m, out),
+            PeerMsg::PresenceJoin(_)
+            | PeerMsg::PresenceSync(_)
+            | PeerMsg::PresenceLeave(_)
+            | PeerMsg::PresenceReq(_) => self.owner_presence(from, msg, out),
+            PeerMsg::PresenceEvent(m) => self.on_presence_event(m, out),
+            PeerMsg::PresenceResp(m) => self.on_presence_resp(m, out),
+            PeerMsg::ReplicaPresence(m) => self.on_replica_presence(&from, m),
         }
     }
 
@@ -541,5 +562,9 @@ impl<H: Clone> Router<H> {
         self.members_changed_member_side(&departed, out);
         self.members_changed_owner_side(&departed, out);
         self.members_changed_replica_side(out);
+        if !departed.is_empty() {
+            // Their connections are gone: out of every presence set, with leave events.
+            self.prune_presence_everywhere(&departed, out);
+        }
     }
 }

@@ -26,6 +26,7 @@ use super::message::{
     Handoff, HandoffAck, HandoffMoving, HandoffOffer, HandoffQuery, HistoryReq, HistoryResp,
     Publish, PublishAck, Refused, Subscribe, SubscribeAck, Unsubscribe,
 };
+use super::presence::PresenceSet;
 use super::replica::{Keys, Progress};
 use super::{Action, HistEntry, PeerError, PeerMsg, RoomState, Router};
 use crate::ids::{Epoch, NodeId, RoomId};
@@ -77,6 +78,8 @@ pub(super) struct OwnedRoom {
     pub(super) held: VecDeque<(NodeId, PeerMsg)>,
     /// Handoffs of this room to confirm to their senders once the replicas are synced.
     pub(super) confirms: Vec<(NodeId, Epoch, u64)>,
+    /// The room's presence set (`presence.rs`).
+    pub(super) presence: PresenceSet,
 }
 
 /// A room this node is to own, waiting for a previous owner's state.
@@ -148,6 +151,7 @@ impl OwnedRoom {
             hold_until: 0,
             held: VecDeque::new(),
             confirms: Vec::new(),
+            presence: PresenceSet::default(),
         }
     }
 
@@ -174,6 +178,11 @@ impl OwnedRoom {
             hold_until: s.seq,
             held: VecDeque::new(),
             confirms: Vec::new(),
+            presence: s
+                .presence
+                .into_iter()
+                .map(|e| (e.conn.clone(), e))
+                .collect(),
         }
     }
 
@@ -190,6 +199,7 @@ impl OwnedRoom {
             committed: self.committed,
             keys: self.keys.to_vec(),
             waiters: self.waiters,
+            presence: self.presence.into_values().collect(),
         };
         (state, self.held)
     }
@@ -378,7 +388,8 @@ impl<H: Clone> Router<H> {
         let token = match msg {
             PeerMsg::Subscribe(Subscribe { token, .. })
             | PeerMsg::Publish(Publish { token, .. })
-            | PeerMsg::HistoryReq(HistoryReq { token, .. }) => *token,
+            | PeerMsg::HistoryReq(HistoryReq { token, .. })
+            | PeerMsg::PresenceReq(super::message::PresenceReq { token, .. }) => *token,
             _ => return,
         };
         self.send(
@@ -394,7 +405,12 @@ impl<H: Clone> Router<H> {
     }
 
     /// Routes an owner-bound request: served now, held, or refused.
-    fn owner_gate(&mut self, from: &NodeId, msg: &PeerMsg, out: &mut Vec<Action<H>>) -> bool {
+    pub(super) fn owner_gate(
+        &mut self,
+        from: &NodeId,
+        msg: &PeerMsg,
+        out: &mut Vec<Action<H>>,
+    ) -> bool {
         if self.fenced(from, msg, out) {
             return false;
         }
@@ -471,10 +487,17 @@ impl<H: Clone> Router<H> {
         self.send(from, msg, out);
     }
 
-    pub(super) fn owner_unsubscribe(&mut self, from: &NodeId, room: &RoomId) {
+    pub(super) fn owner_unsubscribe(
+        &mut self,
+        from: &NodeId,
+        room: &RoomId,
+        out: &mut Vec<Action<H>>,
+    ) {
         if let Some(r) = self.owned.get_mut(room) {
             r.interested.retain(|n| n != from);
         }
+        // No subscriber left there: none of its connections is present either.
+        self.prune_presence(room, std::slice::from_ref(from), out);
         if let Some(p) = self.pending_owner.get_mut(room) {
             // Keep the order of this node's requests: an unsubscribe after a held subscribe.
             p.queued.push_back((
@@ -983,7 +1006,11 @@ impl<H: Clone> Router<H> {
     pub(super) fn on_owner_msg(&mut self, from: NodeId, msg: PeerMsg, out: &mut Vec<Action<H>>) {
         match msg {
             PeerMsg::Subscribe(_) => self.owner_subscribe(from, msg, out),
-            PeerMsg::Unsubscribe(Unsubscribe { room }) => self.owner_unsubscribe(&from, &room),
+            PeerMsg::Unsubscribe(Unsubscribe { room }) => self.owner_unsubscribe(&from, &room, out),
+            PeerMsg::PresenceJoin(_)
+            | PeerMsg::PresenceSync(_)
+            | PeerMsg::PresenceLeave(_)
+            | PeerMsg::PresenceReq(_) => self.owner_presence(from, msg, out),
             PeerMsg::Publish(_) => self.owner_publish(from, msg, out),
             PeerMsg::HistoryReq(_) => self.owner_history(from, msg, out),
             _ => {}

@@ -41,6 +41,7 @@ use super::message::{
     Event, HandoffOffer, PublishAck, ReplicaAck, ReplicaDrop, ReplicaSync, Replicate,
 };
 use super::owner::OwnedRoom;
+use super::presence::PresenceSet;
 use super::{Action, HistEntry, PeerMsg, RoomState, Router, hash};
 use crate::ids::{Epoch, NodeId, RoomId};
 
@@ -110,13 +111,15 @@ pub(super) struct Progress {
 /// This node's copy of a room another node owns.
 pub(super) struct RoomCopy {
     /// The node whose `ReplicaSync` made this copy: only its `Replicate`s extend it.
-    owner: NodeId,
-    epoch: Epoch,
+    pub(super) owner: NodeId,
+    pub(super) epoch: Epoch,
     seq: u64,
     committed: u64,
     moves: u64,
     history: History,
     keys: Keys,
+    /// The room's presence set, as the owner's `ReplicaPresence` changes keep it.
+    pub(super) presence: PresenceSet,
     /// The owner restarted (a new incarnation under its id) and so lost the room: this copy
     /// may be the only one. Offered to the room's owner (`HandoffOffer`) until it confirms it
     /// holds the room or syncs this node afresh; counted as under-replicated meanwhile.
@@ -127,49 +130,60 @@ pub(super) struct RoomCopy {
 
 /// A room as a replica holds it (no interest, no waiting publishers): what a sync sends and
 /// what a copy hands over.
-fn replica_state(
-    epoch: &Epoch,
+/// The parts of a room a replica holds, borrowed from an owned room or a copy.
+struct Replicated<'a> {
+    epoch: &'a Epoch,
     seq: u64,
     committed: u64,
     moves: u64,
-    history: &History,
-    keys: &Keys,
-) -> RoomState {
-    RoomState {
-        epoch: epoch.clone(),
-        seq,
-        moves,
-        history: history.to_vec(),
-        interested: Vec::new(),
-        committed,
-        keys: keys.to_vec(),
-        waiters: Vec::new(),
+    history: &'a History,
+    keys: &'a Keys,
+    presence: &'a PresenceSet,
+}
+
+impl Replicated<'_> {
+    fn state(&self) -> RoomState {
+        RoomState {
+            epoch: self.epoch.clone(),
+            seq: self.seq,
+            moves: self.moves,
+            history: self.history.to_vec(),
+            interested: Vec::new(),
+            committed: self.committed,
+            keys: self.keys.to_vec(),
+            waiters: Vec::new(),
+            presence: self.presence.values().cloned().collect(),
+        }
     }
 }
 
 impl RoomCopy {
     fn to_state(&self) -> RoomState {
-        replica_state(
-            &self.epoch,
-            self.seq,
-            self.committed,
-            self.moves,
-            &self.history,
-            &self.keys,
-        )
+        Replicated {
+            epoch: &self.epoch,
+            seq: self.seq,
+            committed: self.committed,
+            moves: self.moves,
+            history: &self.history,
+            keys: &self.keys,
+            presence: &self.presence,
+        }
+        .state()
     }
 }
 
 impl OwnedRoom {
     fn sync_state(&self) -> RoomState {
-        replica_state(
-            &self.epoch,
-            self.seq,
-            self.committed,
-            self.moves,
-            &self.history,
-            &self.keys,
-        )
+        Replicated {
+            epoch: &self.epoch,
+            seq: self.seq,
+            committed: self.committed,
+            moves: self.moves,
+            history: &self.history,
+            keys: &self.keys,
+            presence: &self.presence,
+        }
+        .state()
     }
 }
 
@@ -211,6 +225,8 @@ impl<H: Clone> Router<H> {
         }
         self.owned.insert(room.clone(), r);
         self.refresh_replicas(&room, out);
+        // Connections on nodes that are gone are out of the set it came with.
+        self.prune_presence(&room, &[], out);
     }
 
     /// Brings `room`'s replica set in line with the view: new replicas get a sync, replicas
@@ -606,6 +622,11 @@ impl<H: Clone> Router<H> {
                 moves: s.moves,
                 history,
                 keys: Keys::from_vec(s.keys),
+                presence: s
+                    .presence
+                    .into_iter()
+                    .map(|e| (e.conn.clone(), e))
+                    .collect(),
                 stranded: false,
                 offer_at_us: 0,
             },

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::*;
 use crate::protocol::ErrorCode;
+use crate::protocol::PresenceEntry;
 
 type H = u32;
 
@@ -12,6 +13,8 @@ type H = u32;
 enum Got {
     Reply(Reply),
     Event(u64, String),
+    /// A presence change frame.
+    Presence(String),
     Evicted,
     JoinFailed,
 }
@@ -41,6 +44,7 @@ fn cfg() -> RouterConfig {
             max_bytes: 1 << 20,
         },
         request_timeout_us: 5_000_000,
+        presence_max: 1000,
         // The scenarios below predate replication and script exact message flows; they run
         // unreplicated. Replication has its own scenarios (`replicated_cfg`).
         replicas: 0,
@@ -120,10 +124,12 @@ impl Sim {
                     .push(Got::Event(seq_of(&frame), frame.to_string())),
                 Action::Fanout { subs, frame, .. } => {
                     for (_, h) in subs.iter().copied() {
-                        self.got
-                            .entry(h)
-                            .or_default()
-                            .push(Got::Event(seq_of(&frame), frame.to_string()));
+                        let got = if frame.contains(r#""type":"presence""#) {
+                            Got::Presence(frame.to_string())
+                        } else {
+                            Got::Event(seq_of(&frame), frame.to_string())
+                        };
+                        self.got.entry(h).or_default().push(got);
                     }
                 }
                 Action::JoinFailed { to, .. } => {
@@ -241,6 +247,7 @@ impl Sim {
                 since,
                 epoch: None,
                 req: ReqId::NONE,
+                presence: Default::default(),
             },
         );
     }
@@ -672,6 +679,7 @@ fn owner_death_moves_the_room_to_a_new_epoch() {
             since: Some(1),
             epoch: Some(Epoch::from_wire("0-0-0")),
             req: ReqId::NONE,
+            presence: Default::default(),
         },
     );
     s.settle();
@@ -1213,6 +1221,7 @@ fn a_join_at_a_lagging_node_follows_the_room_to_its_new_owner() {
             since: Some(0),
             epoch: None,
             req: ReqId::NONE,
+            presence: Default::default(),
         },
     );
     s.publish("c", 8, &r, "4");
@@ -1708,7 +1717,7 @@ fn random_moves(seed: u64) -> Result<(), String> {
                         }
                     }
                     Got::Evicted => return Err(format!("conn {conn}: evicted")),
-                    Got::Reply(_) => {}
+                    Got::Reply(_) | Got::Presence(_) => {}
                 }
             }
             if joined_before {
@@ -1962,6 +1971,7 @@ fn owner_death_with_a_replica_keeps_the_epoch_and_nothing_acknowledged_is_lost()
             since: Some(1),
             epoch: Some(Epoch::from_wire(&epoch)),
             req: ReqId::NONE,
+            presence: Default::default(),
         },
     );
     s.settle();
@@ -2658,4 +2668,155 @@ fn random_node_deaths_lose_duplicate_and_reorder_nothing_acknowledged() {
         failures.len(),
         failures[..failures.len().min(5)].join("\n")
     );
+}
+
+// ---------------------------------------------------------------- presence
+
+impl Sim {
+    /// A join that enters the presence set (`entry`) and/or follows its changes (`events`).
+    fn join_presence(&mut self, at: &str, conn: H, r: &RoomId, entry: bool, events: bool) {
+        let presence = JoinPresence {
+            entry: entry.then(|| PresenceEntry {
+                conn: ConnName::new(&node(at), ConnId(conn as u64)),
+                user: None,
+                info: None,
+            }),
+            events,
+        };
+        self.input(
+            at,
+            Input::Join {
+                conn: ConnId(conn as u64),
+                handle: conn,
+                room: r.clone(),
+                since: None,
+                epoch: None,
+                req: ReqId::NONE,
+                presence,
+            },
+        );
+    }
+
+    /// The presence set of `r` as read from `at`: the members' connection names, sorted.
+    fn presence_of(&mut self, at: &str, conn: H, r: &RoomId) -> Vec<String> {
+        self.input(
+            at,
+            Input::Presence {
+                handle: conn,
+                room: r.clone(),
+                req: ReqId::NONE,
+            },
+        );
+        self.settle();
+        let got = self.take(conn);
+        let Some(Got::Reply(Reply::Presence { members, .. })) = got.last() else {
+            panic!("presence read: {got:?}");
+        };
+        let mut v: Vec<String> = members.iter().map(|m| m.conn.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// The presence changes `conn` got: `(action, conn)`.
+    fn presence_events(&mut self, conn: H) -> Vec<(String, String)> {
+        self.take(conn)
+            .into_iter()
+            .filter_map(|g| match g {
+                Got::Presence(f) => {
+                    let v: serde_json::Value = serde_json::from_str(&f).unwrap();
+                    Some((
+                        v["action"].as_str().unwrap().to_string(),
+                        v["conn"].as_str().unwrap().to_string(),
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The set lives with the owner and its replica: connections on two nodes enter it; the owner
+/// dies and its replica continues with the same set; then a member node dies and its
+/// connection leaves the set with a leave event — no ghost. A connection that leaves the room
+/// leaves the set.
+#[test]
+fn presence_survives_the_owner_and_drops_a_dead_nodes_connections() {
+    let nodes = ["a", "b", "c", "d"];
+    let mut s = Sim::with_cfg(&nodes, replicated_cfg(1));
+    let r = room_ranked("a", "b", &nodes);
+    s.join_presence("c", 10, &r, true, false);
+    s.join_presence("d", 20, &r, true, false);
+    s.join_presence("d", 21, &r, false, true);
+    s.settle();
+    assert_eq!(s.presence_of("d", 90, &r), vec!["c/10", "d/20"]);
+    let mut evs = s.presence_events(21);
+    evs.sort();
+    assert_eq!(
+        evs,
+        vec![
+            ("join".to_string(), "c/10".to_string()),
+            ("join".to_string(), "d/20".to_string())
+        ]
+    );
+    // The owner dies: its replica has the set.
+    s.kill("a");
+    s.set_members(&["b", "c", "d"], &["b", "c", "d"]);
+    s.settle();
+    assert_eq!(s.presence_of("d", 91, &r), vec!["c/10", "d/20"]);
+    s.presence_events(21);
+    // The three left become the stable membership (so two of them are a majority).
+    s.now_us += 11_000_000;
+    for n in ["b", "c", "d"] {
+        s.input(n, Input::Tick);
+    }
+    s.settle();
+    // A member node dies: its connection leaves, with an event.
+    s.kill("c");
+    s.set_members(&["b", "d"], &["b", "d"]);
+    s.settle();
+    assert_eq!(s.presence_of("d", 92, &r), vec!["d/20"]);
+    assert_eq!(
+        s.presence_events(21),
+        vec![("leave".to_string(), "c/10".to_string())]
+    );
+    // Leaving the room leaves the set.
+    s.leave("d", 20, &r);
+    s.settle();
+    assert_eq!(s.presence_of("d", 93, &r), Vec::<String>::new());
+    assert_eq!(
+        s.presence_events(21),
+        vec![("leave".to_string(), "d/20".to_string())]
+    );
+}
+
+/// A `PresenceLeave` lost with a link reset leaves no ghost: the member's feed resyncs and its
+/// `PresenceSync` replaces what the owner held for it; a restarted member's connections leave.
+#[test]
+fn a_lost_presence_leave_and_a_restarted_member_leave_no_ghost() {
+    let nodes = ["a", "b", "c"];
+    let mut s = Sim::with_cfg(&nodes, replicated_cfg(1));
+    let r = room_ranked("a", "b", &nodes);
+    s.join_presence("c", 10, &r, true, false);
+    s.join_presence("c", 11, &r, true, false);
+    s.join("c", 12, &r, None);
+    s.join_presence("b", 20, &r, true, true);
+    s.settle();
+    assert_eq!(s.presence_of("b", 90, &r), vec!["b/20", "c/10", "c/11"]);
+    // c's PresenceLeave for 10 is lost with the link.
+    s.leave("c", 10, &r);
+    s.drop_link_queue("c", "a");
+    s.input("c", Input::PeerReset(node("a")));
+    s.input("a", Input::PeerReset(node("c")));
+    s.settle();
+    assert_eq!(s.presence_of("b", 91, &r), vec!["b/20", "c/11"]);
+    // c restarts unseen: its connections are gone.
+    s.kill("c");
+    s.nodes
+        .insert(node("c"), Router::new(node("c"), replicated_cfg(1)));
+    s.set_members(&["c"], &nodes);
+    for n in ["a", "b"] {
+        s.input(n, Input::PeerRestarted(node("c")));
+    }
+    s.settle();
+    assert_eq!(s.presence_of("b", 92, &r), vec!["b/20"]);
 }

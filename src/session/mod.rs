@@ -33,7 +33,7 @@ use crate::protocol::CloseReason;
 use crate::protocol::encode::{self, Reply};
 use crate::protocol::{ErrorCode, Op, ParseLimits, ReqId, parse_request};
 use crate::rooms::Shards;
-use crate::routing::Input;
+use crate::routing::{Input, JoinPresence};
 use crate::socket::frame;
 use crate::socket::outbox::{self, Frame, FrameKind, Outbox};
 use crate::socket::reader::{Message as WsMessage, ReadError, Reader};
@@ -124,12 +124,13 @@ pub struct Session {
     resume_timer: bool,
 }
 
-/// A join with `since` waiting for its turn.
+/// A join (with `since`: waiting for its turn).
 struct PendingResume {
     id: ReqId,
     room: RoomId,
     since: Option<u64>,
     epoch: Option<crate::ids::Epoch>,
+    presence: JoinPresence,
 }
 
 /// How often a connection whose queue is too full for the next resume's replay looks again.
@@ -200,13 +201,14 @@ impl Session {
         send_reply(&self.outbox, id, reply);
     }
 
-    fn send_join(
-        &mut self,
-        id: ReqId,
-        room: RoomId,
-        since: Option<u64>,
-        epoch: Option<crate::ids::Epoch>,
-    ) -> bool {
+    fn send_join(&mut self, j: PendingResume) -> bool {
+        let PendingResume {
+            id,
+            room,
+            since,
+            epoch,
+            presence,
+        } = j;
         let input = Input::Join {
             conn: self.id,
             handle: self.conn_handle(),
@@ -214,6 +216,7 @@ impl Session {
             since,
             epoch,
             req: id.clone(),
+            presence,
         };
         if self.shards().try_send(input).is_err() {
             self.rooms.remove(&room);
@@ -256,8 +259,9 @@ impl Session {
             let Some(r) = self.resumes.pop_front() else {
                 return;
             };
-            if self.send_join(r.id, r.room.clone(), r.since, r.epoch) {
-                self.resume_out = Some((r.room, Instant::now()));
+            let room = r.room.clone();
+            if self.send_join(r) {
+                self.resume_out = Some((room, Instant::now()));
             }
         }
     }
@@ -284,6 +288,23 @@ impl Session {
         if !self.closing {
             self.closing = true;
             ctx.run_later(LINGER, |_, ctx| ctx.stop());
+        }
+    }
+
+    /// This connection's entry in a presence set: its user and the token's `info`, or its
+    /// name when anonymous.
+    fn presence_entry(&self) -> crate::protocol::PresenceEntry {
+        let (user, info) = match &self.identity {
+            Identity::User { id, claims } => (
+                Some(id.clone()),
+                claims.info.as_ref().map(|i| i.get().to_string()),
+            ),
+            _ => (None, None),
+        };
+        crate::protocol::PresenceEntry {
+            conn: self.name.clone(),
+            user,
+            info,
         }
     }
 
@@ -550,6 +571,8 @@ impl Session {
                 since,
                 epoch,
                 token,
+                presence,
+                presence_events,
             } => {
                 if self.rooms.contains(&room) {
                     return self.client_error(
@@ -573,25 +596,33 @@ impl Session {
                 {
                     return;
                 }
-                if !self.check_right(ctx, &id, &room, Right::Subscribe) {
+                if !self.check_right(ctx, &id, &room, Right::Subscribe)
+                    || (presence_events && !self.check_right(ctx, &id, &room, Right::Presence))
+                {
                     self.room_tokens.remove(&room);
                     return;
                 }
                 self.rooms.insert(room.clone());
+                let presence = JoinPresence {
+                    entry: presence.then(|| self.presence_entry()),
+                    events: presence_events,
+                };
+                let join = PendingResume {
+                    id,
+                    room,
+                    since,
+                    epoch,
+                    presence,
+                };
                 if since.is_some() {
                     // A resume replays up to a whole history: paced, one at a time, each when
                     // the queue has room for it, so that many resumes at once do not cut the
                     // connection as a slow consumer by their own replay.
-                    self.resumes.push_back(PendingResume {
-                        id,
-                        room,
-                        since,
-                        epoch,
-                    });
+                    self.resumes.push_back(join);
                     self.pump_resumes(ctx);
                     return;
                 }
-                self.send_join(id, room, since, epoch);
+                self.send_join(join);
             }
             Op::Leave { room } => {
                 if let Some(i) = self.resumes.iter().position(|r| r.room == room) {
@@ -660,6 +691,22 @@ impl Session {
                     room,
                     data: data.to_string(),
                     key,
+                    req: id.clone(),
+                };
+                if self.shards().try_send(input).is_err() {
+                    self.reply(
+                        &id,
+                        &Reply::error(ErrorCode::Unavailable, "node overloaded; retry"),
+                    );
+                }
+            }
+            Op::Presence { room } => {
+                if !self.check_right(ctx, &id, &room, Right::Presence) {
+                    return;
+                }
+                let input = Input::Presence {
+                    handle: self.conn_handle(),
+                    room,
                     req: id.clone(),
                 };
                 if self.shards().try_send(input).is_err() {

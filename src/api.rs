@@ -8,10 +8,11 @@
 //! (`http::api`) only checks the API key, parses JSON and maps these replies to responses.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::conn::ConnHandle;
-use crate::ids::{ConnId, ConnName, RoomId, UserId};
+use crate::ids::{ConnId, ConnName, NodeId, RoomId, UserId};
 use crate::internode::Control;
 use crate::node::NodeContext;
 use crate::protocol::encode::Reply;
@@ -72,6 +73,92 @@ pub async fn presence(node: &NodeContext, room: RoomId) -> Reply {
         req: ReqId::NONE,
     })
     .await
+}
+
+/// Rooms one page of `GET /api/rooms` lists at most.
+pub const MAX_ROOMS_PAGE: usize = 1000;
+
+/// One page of the cluster's rooms with subscribers.
+pub struct RoomsPage {
+    /// Rooms in name order with their subscriber counts, summed over every node.
+    pub rooms: Vec<(RoomId, u64)>,
+    /// Where the next page starts (the last room listed), if there may be more.
+    pub cursor: Option<RoomId>,
+    /// Nodes that did not answer in time (their subscribers are not counted).
+    pub missing: Vec<NodeId>,
+}
+
+/// Lists the cluster's rooms with subscribers whose names start with `prefix`, after
+/// `cursor`, `limit` at most: this node's own, and every live peer's, asked over the internode
+/// links (`Control::RoomsQuery`) and merged. Each node answers with its first `limit` rooms
+/// after the cursor, so the first `limit` of the merge are exact.
+pub async fn rooms(node: &NodeContext, prefix: &str, cursor: &str, limit: usize) -> RoomsPage {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let limit = limit.clamp(1, MAX_ROOMS_PAGE);
+    let peers: Vec<NodeId> = node
+        .views
+        .borrow()
+        .live()
+        .filter(|m| m.id != node.node_id)
+        .map(|m| m.id.clone())
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    node.control_replies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, tx);
+    for p in &peers {
+        node.peers.send_control(
+            p,
+            Control::RoomsQuery {
+                id,
+                prefix: prefix.to_string(),
+                after: cursor.to_string(),
+                limit: limit as u32,
+            },
+        );
+    }
+    let mut lists = vec![node.shards.local_rooms(prefix, cursor, limit).await];
+    let deadline = tokio::time::Instant::now() + node.config.request_timeout;
+    let mut answered: Vec<NodeId> = Vec::new();
+    while answered.len() < peers.len() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((from, Control::RoomsReply { rooms, .. }))) => {
+                if peers.contains(&from) && !answered.contains(&from) {
+                    lists.push(rooms);
+                    answered.push(from);
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    node.control_replies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    let full = lists.iter().any(|l| l.len() >= limit);
+    let mut merged: std::collections::BTreeMap<RoomId, u64> = Default::default();
+    for (room, n) in lists.into_iter().flatten() {
+        *merged.entry(room).or_default() += n;
+    }
+    let more = full || merged.len() > limit;
+    let rooms: Vec<(RoomId, u64)> = merged.into_iter().take(limit).collect();
+    let cursor = if more {
+        rooms.last().map(|(r, _)| r.clone())
+    } else {
+        None
+    };
+    let missing = peers
+        .into_iter()
+        .filter(|p| !answered.contains(p))
+        .collect();
+    RoomsPage {
+        rooms,
+        cursor,
+        missing,
+    }
 }
 
 /// Longest `reason` of a disconnect, in bytes.

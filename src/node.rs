@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::conn::CloseNow;
 use crate::delivery::Workers;
 use crate::ids::{ConnId, NodeId, UserId};
-use crate::internode::Peers;
+use crate::internode::{Control, Peers};
 use crate::metrics as m;
 use crate::protocol::CloseReason;
 use crate::rooms::Shards;
@@ -150,6 +150,8 @@ pub struct NodeContext {
     pub verifier: Option<Verifier>,
     /// Keys of the HTTP server API (`None`: no `api_keys_file`, the API is off).
     pub api_keys: Option<ApiKeys>,
+    /// Server API queries to peers waiting for their answers, by query id (`api::rooms`).
+    pub control_replies: Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<(NodeId, Control)>>>,
 }
 
 impl NodeContext {

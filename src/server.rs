@@ -19,7 +19,7 @@ use crate::cluster::{ClusterSecret, ClusterView, Membership, MembershipConfig};
 use crate::config::Config;
 use crate::delivery::Workers;
 use crate::ids::NodeId;
-use crate::internode::{InternodeConfig, Peers};
+use crate::internode::{Control, InternodeConfig, Peers};
 use crate::metrics as m;
 use crate::node::{ConnRegistry, NodeContext};
 use crate::protocol::CloseReason;
@@ -48,6 +48,40 @@ pub enum ServerError {
     Http(std::io::Error),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
+}
+
+/// A node-wide request from a peer (`internode::Control`).
+fn on_control(node: Arc<NodeContext>, from: NodeId, c: Control) {
+    match c {
+        Control::Disconnect { user, reason } => {
+            let n = node.conns.close_user(&user, &reason);
+            tracing::info!(%user, connections = n, "disconnected by a peer's request (server API)");
+        }
+        Control::RoomsQuery {
+            id,
+            prefix,
+            after,
+            limit,
+        } => {
+            let limit = (limit as usize).min(crate::api::MAX_ROOMS_PAGE);
+            tokio::spawn(async move {
+                let rooms = node.shards.local_rooms(&prefix, &after, limit).await;
+                node.peers
+                    .send_control(&from, Control::RoomsReply { id, rooms });
+            });
+        }
+        Control::RoomsReply { id, .. } => {
+            let waiting = node
+                .control_replies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .cloned();
+            if let Some(tx) = waiting {
+                let _ = tx.send((from, c));
+            }
+        }
+    }
 }
 
 /// Reads the client token keys and the server API keys the config names.
@@ -191,16 +225,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             started: Instant::now(),
             verifier,
             api_keys,
+            control_replies: Default::default(),
         });
         let weak = Arc::downgrade(&node);
-        peers.set_control_hook(Box::new(move |c| {
+        peers.set_control_hook(Box::new(move |from, c| {
             if let Some(node) = weak.upgrade() {
-                match c {
-                    crate::internode::Control::Disconnect { user, reason } => {
-                        let n = node.conns.close_user(&user, &reason);
-                        tracing::info!(%user, connections = n, "disconnected by a peer's request (server API)");
-                    }
-                }
+                on_control(node, from, c);
             }
         }));
         tokio::spawn(follow_membership(node.clone(), peers));

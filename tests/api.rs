@@ -310,3 +310,67 @@ async fn disconnect_closes_every_connection_of_the_user_on_every_node() {
     .await;
     assert_eq!(st, 400);
 }
+
+#[tokio::test]
+async fn rooms_are_listed_cluster_wide_with_subscriber_counts_and_pages() {
+    let keys = keys_file("rooms");
+    let c = Cluster::start(3, &["--api-keys-file", keys.to_str().unwrap()]).await;
+    let mut clients = Vec::new();
+    for (node, room) in [
+        (0, "chat.a"),
+        (0, "chat.a"),
+        (2, "chat.a"),
+        (1, "chat.b"),
+        (1, "news"),
+    ] {
+        let mut cl = Client::connect(&c.nodes[node].ws_url()).await;
+        cl.join(room).await;
+        clients.push(cl);
+    }
+    let a = c.nodes[2].http;
+    let (st, v) = call(a, "GET", "/api/rooms?prefix=chat.", Some(KEY), "").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["rooms"],
+        json!([{"room":"chat.a","subscribers":3},{"room":"chat.b","subscribers":1}])
+    );
+    assert_eq!(
+        (v["cursor"].clone(), v["missing"].clone()),
+        (Value::Null, json!([]))
+    );
+    // One room per page: follow the cursor.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (st, v) = call(
+            a,
+            "GET",
+            &format!("/api/rooms?limit=1&cursor={cursor}"),
+            Some(KEY),
+            "",
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        for r in v["rooms"].as_array().unwrap() {
+            seen.push((
+                r["room"].as_str().unwrap().to_string(),
+                r["subscribers"].as_u64().unwrap(),
+            ));
+        }
+        match v["cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+        assert!(seen.len() <= 3, "{seen:?}");
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("chat.a".into(), 3),
+            ("chat.b".into(), 1),
+            ("news".into(), 1)
+        ]
+    );
+    let (st, _) = call(a, "GET", "/api/rooms?limit=0", Some(KEY), "").await;
+    assert_eq!(st, 400);
+}

@@ -5,6 +5,7 @@
 //! * `POST /api/publish {room, data, key?}` → `{room, seq, epoch}`
 //! * `POST /api/broadcast {rooms: [..], data}` → `{results: [{room, seq, epoch} | {room, error}]}`
 //! * `GET /api/rooms/{room}/history?since=&limit=` → `{room, messages, seq, epoch, recovered}`
+//! * `GET /api/rooms?prefix=&cursor=&limit=` → `{rooms: [{room, subscribers}], cursor, missing}`
 //! * `GET /api/rooms/{room}/presence` → `{room, members: [{user, conn, info?}]}`
 //! * `POST /api/disconnect {user, reason?}` → `{user, disconnected}` (here; other nodes too)
 //!
@@ -27,6 +28,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/publish", web::post().to(publish))
         .route("/api/broadcast", web::post().to(broadcast))
         .route("/api/rooms/{room}/history", web::get().to(history))
+        .route("/api/rooms", web::get().to(rooms))
         .route("/api/rooms/{room}/presence", web::get().to(presence))
         .route("/api/disconnect", web::post().to(disconnect));
 }
@@ -393,4 +395,54 @@ async fn presence(
             &format!("unexpected reply {other:?}"),
         ),
     }
+}
+
+#[derive(Deserialize)]
+struct RoomsQuery {
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    cursor: String,
+    limit: Option<usize>,
+}
+
+async fn rooms(node: web::Data<NodeContext>, req: HttpRequest) -> HttpResponse {
+    const EP: &str = "rooms";
+    if let Err(res) = authorise(&node, &req, EP) {
+        return *res;
+    }
+    let q = match web::Query::<RoomsQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => return error(EP, ErrorCode::BadRequest, &format!("invalid query: {e}")),
+    };
+    let max = api::MAX_ROOMS_PAGE;
+    if q.prefix.len() > crate::ids::MAX_ROOM_LEN || q.cursor.len() > crate::ids::MAX_ROOM_LEN {
+        return error(
+            EP,
+            ErrorCode::BadRequest,
+            "prefix and cursor are at most 128 bytes",
+        );
+    }
+    if q.limit.is_some_and(|l| l == 0 || l > max) {
+        return error(
+            EP,
+            ErrorCode::BadRequest,
+            &format!("limit must be 1 to {max}"),
+        );
+    }
+    let page = api::rooms(&node, &q.prefix, &q.cursor, q.limit.unwrap_or(100)).await;
+    let rooms: Vec<Value> = page
+        .rooms
+        .iter()
+        .map(|(r, n)| json!({ "room": r.as_str(), "subscribers": n }))
+        .collect();
+    let missing: Vec<&str> = page.missing.iter().map(|n| n.as_str()).collect();
+    ok(
+        EP,
+        json!({
+            "rooms": rooms,
+            "cursor": page.cursor.as_ref().map(|r| r.as_str()),
+            "missing": missing,
+        }),
+    )
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterSecret;
 use crate::cluster::secret::TAG_LEN;
-use crate::ids::{NodeId, UserId};
+use crate::ids::{NodeId, RoomId, UserId};
 use crate::routing::PeerMsg;
 
 pub const MAGIC: [u8; 4] = *b"RCST";
@@ -82,6 +82,16 @@ pub enum Frame {
 pub enum Control {
     /// Close every connection of `user` here (the server API's `POST /api/disconnect`).
     Disconnect { user: UserId, reason: String },
+    /// List this node's rooms with local subscribers (the server API's `GET /api/rooms`):
+    /// up to `limit` whose names start with `prefix` and sort after `after`.
+    RoomsQuery {
+        id: u64,
+        prefix: String,
+        after: String,
+        limit: u32,
+    },
+    /// The answer to `RoomsQuery` `id`: rooms and their local subscriber counts.
+    RoomsReply { id: u64, rooms: Vec<(RoomId, u64)> },
 }
 
 /// The preamble both sides send first.

@@ -91,7 +91,7 @@ pub(crate) struct Inner {
 }
 
 /// The node's handler of `Control` frames from peers.
-pub type ControlHook = Box<dyn Fn(Control) + Send + Sync>;
+pub type ControlHook = Box<dyn Fn(NodeId, Control) + Send + Sync>;
 
 impl PeerSink for Peers {
     fn send(&self, to: &NodeId, msg: PeerMsg) {
@@ -246,10 +246,21 @@ impl Peers {
         }
     }
 
+    /// Sends `c` to one peer (dropped if there is no link to it).
+    pub fn send_control(&self, to: &NodeId, c: Control) {
+        let link = {
+            let links = self.inner.links.read().unwrap_or_else(|p| p.into_inner());
+            links.get(to).cloned()
+        };
+        if let Some(l) = link {
+            l.push_frame(Frame::Control(c));
+        }
+    }
+
     pub(super) fn on_control(&self, from: &NodeId, c: Control) {
         tracing::debug!(peer = %from, control = ?c, "control request from peer");
         if let Some(hook) = self.inner.control.get() {
-            hook(c);
+            hook(from.clone(), c);
         }
     }
 

@@ -54,8 +54,16 @@ const BATCH: usize = 256;
 /// for this shard (handed over in one queue entry, stepped in order).
 pub enum ShardInput {
     One(Input<ConnHandle>),
-    Peer { from: NodeId, msgs: Vec<PeerMsg> },
+    Peer {
+        from: NodeId,
+        msgs: Vec<PeerMsg>,
+    },
+    /// Reads the shard's router (for listings that span shards: `Shards::local_rooms`).
+    Inspect(Inspector),
 }
+
+/// A read of a shard's router, run on the shard.
+pub type Inspector = Box<dyn FnOnce(&Router<ConnHandle>) + Send>;
 
 /// Handles to all shards of the node. Cheap to clone.
 #[derive(Clone)]
@@ -245,6 +253,27 @@ impl Shards {
         }
     }
 
+    /// This node's rooms with local subscribers (all shards), as `Router::local_rooms` gives
+    /// them, merged in name order.
+    pub async fn local_rooms(&self, prefix: &str, after: &str, limit: usize) -> Vec<(RoomId, u64)> {
+        let mut all = Vec::new();
+        for tx in self.txs.iter() {
+            let (otx, orx) = tokio::sync::oneshot::channel();
+            let (p, a) = (prefix.to_string(), after.to_string());
+            let ask = ShardInput::Inspect(Box::new(move |r: &Router<ConnHandle>| {
+                let _ = otx.send(r.local_rooms(&p, &a, limit));
+            }));
+            if tx.send(ask).await.is_ok()
+                && let Ok(v) = orx.await
+            {
+                all.extend(v);
+            }
+        }
+        all.sort();
+        all.truncate(limit);
+        all
+    }
+
     /// Sends a node-wide input (membership, link reset) to every shard, waiting for room.
     pub async fn broadcast(&self, make: impl Fn() -> Input<ConnHandle>) {
         for tx in self.txs.iter() {
@@ -346,6 +375,10 @@ fn take(
             router.step_batch(crate::now_us(), inputs, out);
             carry_out(out, batch, peers);
             n
+        }
+        ShardInput::Inspect(f) => {
+            f(router);
+            1
         }
     }
 }

@@ -437,6 +437,22 @@ impl<H: Clone> Router<H> {
         self.member_rooms.len()
     }
 
+    /// Up to `limit` rooms with local subscribers whose names start with `prefix` and sort
+    /// after `after`, in name order, with their local subscriber counts.
+    pub fn local_rooms(&self, prefix: &str, after: &str, limit: usize) -> Vec<(RoomId, u64)> {
+        let mut v: Vec<(RoomId, u64)> = self
+            .member_rooms
+            .iter()
+            .filter(|(r, m)| {
+                !m.subs.is_empty() && r.as_str().starts_with(prefix) && r.as_str() > after
+            })
+            .map(|(r, m)| (r.clone(), m.subs.len() as u64))
+            .collect();
+        v.sort();
+        v.truncate(limit);
+        v
+    }
+
     pub fn stats(&self) -> RouterStats {
         self.stats
     }

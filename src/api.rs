@@ -103,7 +103,7 @@ pub async fn rooms(node: &NodeContext, prefix: &str, cursor: &str, limit: usize)
         .filter(|m| m.id != node.node_id)
         .map(|m| m.id.clone())
         .collect();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(peers.len().max(1));
     node.control_replies
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -151,7 +151,8 @@ pub struct NodeContext {
     /// Keys of the HTTP server API (`None`: no `api_keys_file`, the API is off).
     pub api_keys: Option<ApiKeys>,
     /// Server API queries to peers waiting for their answers, by query id (`api::rooms`).
-    pub control_replies: Mutex<HashMap<u64, tokio::sync::mpsc::UnboundedSender<(NodeId, Control)>>>,
+    /// Bounded by the peers asked: a reply past that is dropped.
+    pub control_replies: Mutex<HashMap<u64, tokio::sync::mpsc::Sender<(NodeId, Control)>>>,
 }
 
 impl NodeContext {

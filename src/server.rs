@@ -78,7 +78,8 @@ fn on_control(node: Arc<NodeContext>, from: NodeId, c: Control) {
                 .get(&id)
                 .cloned();
             if let Some(tx) = waiting {
-                let _ = tx.send((from, c));
+                // Room for one answer per peer asked; more (a peer answering twice) is dropped.
+                let _ = tx.try_send((from, c));
             }
         }
     }

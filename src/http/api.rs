@@ -102,6 +102,17 @@ fn authorise(node: &NodeContext, req: &HttpRequest, endpoint: &'static str) -> R
     }
 }
 
+/// Checks the API key, then parses the JSON body.
+fn authorised_body<'a, T: Deserialize<'a>>(
+    node: &NodeContext,
+    req: &HttpRequest,
+    endpoint: &'static str,
+    bytes: &'a [u8],
+) -> Result<T, Refusal> {
+    authorise(node, req, endpoint)?;
+    body(endpoint, bytes)
+}
+
 /// Parses a JSON body, or the `bad_request` response.
 fn body<'a, T: Deserialize<'a>>(endpoint: &'static str, bytes: &'a [u8]) -> Result<T, Refusal> {
     serde_json::from_slice(bytes).map_err(|e| {
@@ -165,10 +176,7 @@ async fn publish(
     bytes: web::Bytes,
 ) -> HttpResponse {
     const EP: &str = "publish";
-    if let Err(res) = authorise(&node, &req, EP) {
-        return *res;
-    }
-    let b: PublishBody = match body(EP, &bytes) {
+    let b: PublishBody = match authorised_body(&node, &req, EP, &bytes) {
         Ok(b) => b,
         Err(res) => return *res,
     };
@@ -206,10 +214,7 @@ async fn broadcast(
     bytes: web::Bytes,
 ) -> HttpResponse {
     const EP: &str = "broadcast";
-    if let Err(res) = authorise(&node, &req, EP) {
-        return *res;
-    }
-    let b: BroadcastBody = match body(EP, &bytes) {
+    let b: BroadcastBody = match authorised_body(&node, &req, EP, &bytes) {
         Ok(b) => b,
         Err(res) => return *res,
     };
@@ -328,10 +333,7 @@ async fn disconnect(
     bytes: web::Bytes,
 ) -> HttpResponse {
     const EP: &str = "disconnect";
-    if let Err(res) = authorise(&node, &req, EP) {
-        return *res;
-    }
-    let b: DisconnectBody = match body(EP, &bytes) {
+    let b: DisconnectBody = match authorised_body(&node, &req, EP, &bytes) {
         Ok(b) => b,
         Err(res) => return *res,
     };
@@ -369,24 +371,15 @@ async fn presence(
     };
     match api::presence(&node, room).await {
         Reply::Presence { room, members } => {
-            let members: Vec<Value> = members
-                .iter()
-                .map(|m| {
-                    let mut v = json!({
-                        "user": m.user.as_ref().map_or(m.conn.as_str(), |u| u.as_str()),
-                        "conn": m.conn.as_str(),
-                    });
-                    if let Some(info) = m
-                        .info
-                        .as_deref()
-                        .and_then(|i| serde_json::from_str::<Value>(i).ok())
-                    {
-                        v["info"] = info;
-                    }
-                    v
-                })
-                .collect();
-            ok(EP, json!({ "room": room.as_str(), "members": members }))
+            // The same member objects as the client protocol's `presence` reply.
+            let text = format!(
+                r#"{{"room":"{room}","members":{}}}"#,
+                crate::protocol::encode::presence_members(&members)
+            );
+            crate::metrics::api_request(EP, 200);
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(text)
         }
         Reply::Error { code, message } => error(EP, code, &message),
         other => error(

@@ -97,6 +97,19 @@ pub fn disconnect(reason: &str) -> ByteString {
     ByteString::from(s)
 }
 
+/// A presence set as a JSON array of members (the `presence` reply's and the API's `members`).
+pub fn presence_members(members: &[super::PresenceEntry]) -> String {
+    let mut s = String::from("[");
+    for (i, m) in members.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        push_member(&mut s, m);
+    }
+    s.push(']');
+    s
+}
+
 /// One presence member: `{"user":U,"conn":C,"info":I?}` — `user` is the connection name
 /// when the connection is anonymous.
 fn push_member(s: &mut String, m: &super::PresenceEntry) {
@@ -227,14 +240,8 @@ pub fn reply(id: &ReqId, reply: &Reply) -> ByteString {
             let _ = write!(s, r#","ok":true,"ts":{ts}"#);
         }
         Reply::Presence { room, members } => {
-            let _ = write!(s, r#","ok":true,"room":"{room}","members":["#);
-            for (i, m) in members.iter().enumerate() {
-                if i > 0 {
-                    s.push(',');
-                }
-                push_member(&mut s, m);
-            }
-            s.push(']');
+            let _ = write!(s, r#","ok":true,"room":"{room}","members":"#);
+            s.push_str(&presence_members(members));
         }
         Reply::Authenticated { user, exp } => {
             s.push_str(r#","ok":true,"user":"#);

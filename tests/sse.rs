@@ -1,6 +1,7 @@
 //! The SSE transport against real nodes (issue 11): events as Server-Sent Events with ids that
 //! name every room's position, resume with `Last-Event-ID` on another node after the first
-//! one was SIGKILLed, and the same auth as WebSocket connections.
+//! one was SIGKILLed and on that node once restarted, and the same auth as WebSocket
+//! connections.
 
 mod common;
 
@@ -197,11 +198,11 @@ async fn events_carry_ids_naming_every_room_and_match_the_websocket_frames() {
 }
 
 #[tokio::test]
-async fn last_event_id_resumes_every_room_on_another_node_after_a_sigkill() {
+async fn last_event_id_resumes_every_room_on_another_node_and_on_the_restarted_one() {
     let mut c = Cluster::start(3, &[]).await;
-    c.wait_replicated(0).await;
-    let mut ws = Client::connect(&c.nodes[2].ws_url()).await;
-    let (st, sse, _) = Sse::open(c.nodes[0].http, "/sse?rooms=r1,r2", None).await;
+    // Node 0 seeds the others; the SSE client is on node 2, which is killed and restarted.
+    let mut ws = Client::connect(&c.nodes[0].ws_url()).await;
+    let (st, sse, _) = Sse::open(c.nodes[2].http, "/sse?rooms=r1,r2", None).await;
     assert_eq!(st, 200);
     let mut sse = sse.unwrap();
     // Both joins answered before publishing (the joins wait for the rooms' owners).
@@ -211,18 +212,19 @@ async fn last_event_id_resumes_every_room_on_another_node_after_a_sigkill() {
             joined += 1;
         }
     }
+    let room = |i: u64| if i % 2 == 1 { "r1" } else { "r2" };
     for i in 1..=4u64 {
-        ws.publish(if i % 2 == 1 { "r1" } else { "r2" }, json!(i))
-            .await;
+        ws.publish_keyed(room(i), json!(i), &format!("k{i}")).await;
     }
     let evs = sse.messages(4).await;
     assert_eq!(data_of(&evs), vec![1, 2, 3, 4]);
     let last_id = evs[3].id.clone().unwrap();
-    // The node the SSE client was on dies; more messages are published meanwhile.
-    c.nodes[0].kill();
+    // The node the SSE client was on dies; more messages are published meanwhile (retried
+    // by key while the rooms it held fail over).
+    let args = c.nodes[2].args.clone();
+    c.nodes[2].kill();
     for i in 5..=8u64 {
-        ws.publish(if i % 2 == 1 { "r1" } else { "r2" }, json!(i))
-            .await;
+        ws.publish_keyed(room(i), json!(i), &format!("k{i}")).await;
     }
     // The browser reconnects elsewhere with Last-Event-ID: every room resumes, no gap.
     let (st, sse, _) = Sse::open(c.nodes[1].http, "/sse?rooms=r1,r2", Some(&last_id)).await;
@@ -231,8 +233,23 @@ async fn last_event_id_resumes_every_room_on_another_node_after_a_sigkill() {
     let mut got = sse.messages(4).await;
     got.sort_by_key(|e| e.json()["data"].as_u64());
     assert_eq!(data_of(&got), vec![5, 6, 7, 8]);
-    ws.publish("r1", json!(9)).await;
-    assert_eq!(data_of(&sse.messages(1).await), vec![9]);
+    ws.publish_keyed("r1", json!(9), "k9").await;
+    let ev9 = sse.messages(1).await;
+    assert_eq!(data_of(&ev9), vec![9]);
+    // The killed node comes back (same id); the browser reconnects to it with the last id it
+    // got, while more is published: still no gap and no duplicate.
+    let last_id = ev9[0].id.clone().unwrap();
+    drop(sse);
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    c.nodes[2] = Node::start(&refs);
+    c.wait_converged().await;
+    ws.publish_keyed("r2", json!(10), "k10").await;
+    let (st, sse, _) = Sse::open(c.nodes[2].http, "/sse?rooms=r1,r2", Some(&last_id)).await;
+    assert_eq!(st, 200);
+    let mut sse = sse.unwrap();
+    assert_eq!(data_of(&sse.messages(1).await), vec![10]);
+    ws.publish_keyed("r1", json!(11), "k11").await;
+    assert_eq!(data_of(&sse.messages(1).await), vec![11]);
 }
 
 #[tokio::test]

@@ -432,6 +432,24 @@ impl Client {
         r["seq"].as_u64().expect("seq")
     }
 
+    /// Publishes with an idempotency key, retrying on `unavailable` (a room moving or failing
+    /// over) until acknowledged: a retry can never double the message. Returns the seq.
+    pub async fn publish_keyed(&mut self, room: &str, data: Value, key: &str) -> u64 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let r = self
+                .request(json!({"op":"publish","room":room,"data":data,"key":key}))
+                .await;
+            if r["ok"] == true {
+                return r["seq"].as_u64().expect("seq");
+            }
+            assert_eq!(r["error"]["code"], "unavailable", "{r}");
+            assert!(Instant::now() < deadline, "publish never accepted: {r}");
+            // Polling with a deadline: the room's new owner is not observable from here.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The next event (a frame with "type":"message"), from `pending` first.
     pub async fn next_event(&mut self) -> Value {
         if let Some(i) = self.pending.iter().position(|v| v["type"] == "message") {

@@ -107,8 +107,9 @@ pub struct Session {
     /// Rights granted by per-room tokens given with `join`, for the rooms joined with one
     /// (bounded by `max_rooms_per_conn`).
     room_tokens: HashMap<RoomId, Claims>,
-    /// Bumped on every new token: an expiry timer of an older token does nothing.
-    token_gen: u64,
+    /// The expiry timer of the current token (cancelled when `refresh` replaces it, so that
+    /// refreshing does not pile up timers).
+    expiry: Option<actix::SpawnHandle>,
     publish_bucket: Bucket,
     error_bucket: Bucket,
     last_seen: Instant,
@@ -170,7 +171,7 @@ impl Session {
                 identity,
                 url_token,
                 room_tokens: HashMap::new(),
-                token_gen: 0,
+                expiry: None,
                 publish_bucket,
                 error_bucket: Bucket::new(ERROR_RATE, ERROR_BURST),
                 last_seen: Instant::now(),
@@ -377,12 +378,13 @@ impl Session {
         (id, claims): (UserId, Claims),
     ) -> Reply {
         let exp = claims.exp;
-        self.token_gen += 1;
-        let gen_now = self.token_gen;
+        if let Some(old) = self.expiry.take() {
+            ctx.cancel_future(old);
+        }
         // Valid as long as the verifier would still accept it (clock skew tolerance).
         let left = (exp + CLOCK_LEEWAY_S).saturating_sub(crate::now_us() / 1_000_000);
-        ctx.run_later(Duration::from_secs(left), move |act, ctx| {
-            if act.token_gen == gen_now && !act.closing {
+        let timer = ctx.run_later(Duration::from_secs(left), move |act, ctx| {
+            if !act.closing {
                 m::auth_failure("expired");
                 act.reply(
                     &ReqId::NONE,
@@ -394,6 +396,7 @@ impl Session {
                 act.close(ctx, CloseReason::Unauthorized);
             }
         });
+        self.expiry = Some(timer);
         self.node.conns.set_user(self.id, id.clone());
         self.identity = Identity::User {
             id: id.clone(),

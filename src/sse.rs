@@ -365,9 +365,11 @@ impl Stream for SseStream {
             m::auth_failure("expired");
             this.guard.handle.outbox.close(CloseReason::Unauthorized);
         }
-        // Everything queued (ready until the queue is empty; pending registers the waker).
+        // Everything queued (ready until the queue is empty; pending registers the waker). A
+        // slow consumer's queue is discarded, as a WebSocket writer discards it.
         let mut frames = Vec::new();
-        while this.rx.poll_ready(cx).is_ready() && frames.len() < 1024 {
+        let slow = this.rx.closing() == Some(CloseReason::SlowConsumer);
+        while !slow && this.rx.poll_ready(cx).is_ready() && frames.len() < 1024 {
             let before = frames.len();
             this.rx.take(256, |f| frames.push(f));
             if frames.len() == before {

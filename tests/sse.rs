@@ -292,3 +292,56 @@ async fn sse_requires_the_same_token_and_rights_as_websocket() {
     assert_eq!(st, 200);
     assert!(sse.is_some());
 }
+
+/// An SSE client that does not read is cut as a slow consumer, like a WebSocket one: the
+/// stream ends with `close` 1013 and the disconnect is counted.
+#[tokio::test]
+async fn a_client_that_does_not_read_is_cut_as_a_slow_consumer() {
+    let node = Node::start(&[
+        "--publish-rate",
+        "0",
+        "--history-max-messages",
+        "10",
+        "--outbound-max-messages",
+        "64",
+    ]);
+    // A tiny receive buffer, and no reading until the end.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(node.http).await.unwrap();
+    let req = format!(
+        "GET /sse?rooms=flood HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        node.http
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut ws = Client::connect(&node.ws_url()).await;
+    // Wait until the SSE connection has joined (it counts as a subscriber of the room).
+    common::wait_until("the SSE client joined", || async {
+        node.metric("roomcast_sse_connections").await == Some(1.0)
+    })
+    .await;
+    let big = "x".repeat(16 * 1024);
+    let mut i = 0u64;
+    // Publish until the node gives up on the client (bounded: the kernel buffers a few MiB).
+    let cut = loop {
+        i += 1;
+        ws.publish("flood", json!(big)).await;
+        if node
+            .metric("roomcast_slow_consumer_disconnects_total")
+            .await
+            == Some(1.0)
+        {
+            break true;
+        }
+        if i > 20_000 {
+            break false;
+        }
+    };
+    assert!(cut, "never cut after {i} messages");
+    // The stream ends with the close event naming the reason.
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut body)).await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("event: close"), "no close event at the end");
+    assert!(text.contains(r#""code":1013"#) && text.contains("slow_consumer"));
+}

@@ -278,3 +278,32 @@ fn jwks_private_keys(dir: &std::path::Path, keys: &Value) -> Vec<(String, Vec<u8
         })
         .collect()
 }
+
+#[tokio::test]
+async fn presence_shows_the_token_user_and_info_and_needs_the_presence_right() {
+    let secret = secret_file("presence");
+    let node = start("required", &secret, &[]);
+    let exp = now_s() + 3600;
+    let t = hs256(json!({
+        "sub": "ann", "exp": exp, "info": {"name": "Ann"},
+        "rooms": {"team": ["subscribe", "presence"], "lobby": ["subscribe"]}
+    }));
+    let mut ann = Client::connect(&format!("{}?token={t}", node.ws_url())).await;
+    let r = ann
+        .request(json!({"op":"join","room":"team","presence":true,"presence_events":true}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let r = ann.request(json!({"op":"presence","room":"team"})).await;
+    assert_eq!(
+        r["members"],
+        json!([{"user":"ann","conn":ann.welcome["conn"],"info":{"name":"Ann"}}]),
+        "{r}"
+    );
+    // No presence right in `lobby`: neither the set nor its events.
+    let r = ann.request(json!({"op":"presence","room":"lobby"})).await;
+    assert_eq!(error_code(&r), "forbidden", "{r}");
+    let r = ann
+        .request(json!({"op":"join","room":"lobby","presence_events":true}))
+        .await;
+    assert_eq!(error_code(&r), "forbidden", "{r}");
+}

@@ -250,6 +250,25 @@ async fn the_compose_cluster_routes_is_monitored_and_drains_without_loss() {
     }
     drop(subs);
 
+    // 3b. HAProxy spreads WebSocket connections (least connections, no stickiness): clients
+    // that all come from one address (Docker's port publishing) reach every node.
+    let mut held = Vec::new();
+    let mut nodes = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while nodes.len() < 3 && Instant::now() < deadline && held.len() < 200 {
+        let cl = Client::connect(&format!("ws://127.0.0.1:{}/ws", c.lb)).await;
+        nodes.insert(cl.welcome["node"].as_str().unwrap_or("").to_string());
+        held.push(cl);
+        // Polling with a deadline: HAProxy's health checks bring servers up one by one.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        nodes.len(),
+        3,
+        "connections through haproxy reached only {nodes:?}"
+    );
+    drop(held);
+
     // 4. Prometheus scrapes all three nodes and has roomcast series.
     let prom: std::net::SocketAddr = format!("127.0.0.1:{}", c.prometheus).parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);

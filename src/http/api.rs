@@ -113,6 +113,17 @@ fn authorised_body<'a, T: Deserialize<'a>>(
     body(endpoint, bytes)
 }
 
+/// Checks the API key, then the room named in the path.
+fn authorised_room(
+    node: &NodeContext,
+    req: &HttpRequest,
+    endpoint: &'static str,
+    name: &str,
+) -> Result<RoomId, Refusal> {
+    authorise(node, req, endpoint)?;
+    room(endpoint, name)
+}
+
 /// Parses a JSON body, or the `bad_request` response.
 fn body<'a, T: Deserialize<'a>>(endpoint: &'static str, bytes: &'a [u8]) -> Result<T, Refusal> {
     serde_json::from_slice(bytes).map_err(|e| {
@@ -266,10 +277,7 @@ async fn history(
     path: web::Path<String>,
 ) -> HttpResponse {
     const EP: &str = "history";
-    if let Err(res) = authorise(&node, &req, EP) {
-        return *res;
-    }
-    let room = match room(EP, &path.into_inner()) {
+    let room = match authorised_room(&node, &req, EP, &path.into_inner()) {
         Ok(r) => r,
         Err(res) => return *res,
     };
@@ -295,21 +303,16 @@ async fn history(
             epoch,
             recovered,
         } => {
-            // The event frames are JSON already: parse them back into values for the body.
-            let messages: Vec<Value> = messages
-                .iter()
-                .filter_map(|m| serde_json::from_str(m).ok())
-                .collect();
-            ok(
-                EP,
-                json!({
-                    "room": room.as_str(),
-                    "messages": messages,
-                    "seq": seq,
-                    "epoch": epoch.as_str(),
-                    "recovered": recovered,
-                }),
-            )
+            // The event frames are JSON already: written as they are, as in the `history` reply.
+            let mut text = String::from("{");
+            crate::protocol::encode::push_history(
+                &mut text, &room, &messages, seq, &epoch, recovered,
+            );
+            text.push('}');
+            crate::metrics::api_request(EP, 200);
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(text)
         }
         Reply::Error { code, message } => error(EP, code, &message),
         other => error(
@@ -362,10 +365,7 @@ async fn presence(
     path: web::Path<String>,
 ) -> HttpResponse {
     const EP: &str = "presence";
-    if let Err(res) = authorise(&node, &req, EP) {
-        return *res;
-    }
-    let room = match room(EP, &path.into_inner()) {
+    let room = match authorised_room(&node, &req, EP, &path.into_inner()) {
         Ok(r) => r,
         Err(res) => return *res,
     };

@@ -223,18 +223,8 @@ pub fn reply(id: &ReqId, reply: &Reply) -> ByteString {
             epoch,
             recovered,
         } => {
-            s.reserve(messages.iter().map(|m| m.len() + 1).sum());
-            let _ = write!(s, r#","ok":true,"room":"{room}","messages":["#);
-            for (i, m) in messages.iter().enumerate() {
-                if i > 0 {
-                    s.push(',');
-                }
-                s.push_str(m);
-            }
-            let _ = write!(
-                s,
-                r#"],"seq":{seq},"epoch":"{epoch}","recovered":{recovered}"#
-            );
+            s.push_str(r#","ok":true,"#);
+            push_history(&mut s, room, messages, *seq, epoch, *recovered);
         }
         Reply::Pong { ts } => {
             let _ = write!(s, r#","ok":true,"ts":{ts}"#);
@@ -260,6 +250,30 @@ pub fn reply(id: &ReqId, reply: &Reply) -> ByteString {
     }
     s.push('}');
     ByteString::from(s)
+}
+
+/// `"room":R,"messages":[frames],"seq":S,"epoch":E,"recovered":B` — the fields of a history
+/// read, as the `history` reply and the server API's history body share them.
+pub fn push_history(
+    s: &mut String,
+    room: &RoomId,
+    messages: &[ByteString],
+    seq: u64,
+    epoch: &Epoch,
+    recovered: bool,
+) {
+    s.reserve(messages.iter().map(|m| m.len() + 1).sum::<usize>() + 96);
+    let _ = write!(s, r#""room":"{room}","messages":["#);
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(m);
+    }
+    let _ = write!(
+        s,
+        r#"],"seq":{seq},"epoch":"{epoch}","recovered":{recovered}"#
+    );
 }
 
 fn push_u64(s: &mut String, v: u64) {

@@ -50,6 +50,11 @@ pub struct Config {
     /// another node drains (default `ws://ADVERTISED_HTTP/ws`).
     #[serde(deserialize_with = "opt_string_like")]
     pub public_url: Option<String>,
+    /// Where the demo and dashboard pages load their static files from: a CDN origin such as
+    /// `https://cdn.example.com` that pulls `/assets/...` from the nodes. Default: the node
+    /// itself (`/assets/...`).
+    #[serde(deserialize_with = "opt_string_like")]
+    pub asset_base_url: Option<String>,
     /// Seed addresses (`host:port` of other nodes' cluster ports). Repeatable; in env and TOML
     /// a comma-separated string or a list.
     #[serde(deserialize_with = "string_or_list")]
@@ -148,6 +153,7 @@ impl Default for Config {
             cluster_listen: SocketAddr::from(([127, 0, 0, 1], 7946)),
             advertise: None,
             public_url: None,
+            asset_base_url: None,
             seed: Vec::new(),
             cluster_id: "roomcast".to_string(),
             cluster_secret_file: None,
@@ -283,6 +289,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
+    /// Origin (e.g. a CDN) the pages load their static files from [default: this node].
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asset_base_url: Option<String>,
     /// Seed node cluster address host:port (repeatable; a DNS name may list many nodes).
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -636,6 +646,22 @@ impl Config {
             return Err(invalid(
                 "public_url",
                 format!("{u:?} is not a ws:// or wss:// URL"),
+            ));
+        }
+        let origin_like = |u: &str| {
+            (u.starts_with("https://") || u.starts_with("http://"))
+                && !u.ends_with('/')
+                && !u.contains(['"', '\'', '<', '>', ' ', '?', '#'])
+        };
+        if let Some(u) = &self.asset_base_url
+            && !origin_like(u)
+        {
+            return Err(invalid(
+                "asset_base_url",
+                format!(
+                    "{u:?} is not an http:// or https:// origin without a trailing slash, \
+                     query or fragment (e.g. https://cdn.example.com)"
+                ),
             ));
         }
         if self.drain_grace >= self.shutdown_timeout {

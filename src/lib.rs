@@ -23,17 +23,23 @@
 //!   `Last-Event-ID`.
 //! * [`api`] — the server API's work: backends' publishes and history reads enter the room
 //!   shards like a client's.
+//! * [`status`] — what people see: the `/cluster` report and the dashboard's live feed, from
+//!   numbers every node samples and gossips each second.
+//! * [`assets`] — the demo and dashboard pages and their files: embedded, fingerprinted,
+//!   gzipped once, ready for a CDN.
 //! * [`http`] — routes only: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/cluster`, `/api/…`.
 //! * [`metrics`] — every metric name and help text, and the Prometheus recorder.
 //! * [`auth`] — JWT verification (HS256 secret, PEM key, JWKS), room rights from the `rooms`
 //!   claim, API keys for the server API. Reads key files; no I/O beyond that.
 //! * [`server`] — wiring: runtimes, shards, HTTP server, signals and shutdown.
 //!
-//! Imports point down only: `server` → `http` → `session`, `api` → `node` → `rooms`, `internode`,
+//! Imports point down only: `server` → `http` → `session`, `api`, `status` → `node` → `rooms`, `internode`,
 //! `cluster` → `delivery` → `conn` → `socket`, `routing` → `metrics` → `protocol` → `ids`.
-//! `auth` imports nothing from the crate; the layers that admit clients call it.
+//! `auth` and `assets` import nothing from the crate; the layers that admit clients call
+//! `auth`, the node holds the built `assets`.
 
 pub mod api;
+pub mod assets;
 pub mod auth;
 pub mod bench;
 pub mod cli;
@@ -53,6 +59,7 @@ pub mod server;
 pub mod session;
 pub mod socket;
 pub mod sse;
+pub mod status;
 
 /// Wall-clock time in unix microseconds (event timestamps, history age, latency).
 pub fn now_us() -> u64 {

@@ -200,11 +200,80 @@ fn cached(cell: &'static OnceLock<Counter>, name: &'static str) -> &'static Coun
 pub fn published() {
     static C: OnceLock<Counter> = OnceLock::new();
     cached(&C, PUBLISHED).increment(1);
+    TOTALS.published.fetch_add(1, Ordering::Relaxed);
 }
 
 pub fn slow_consumer_disconnect() {
     static C: OnceLock<Counter> = OnceLock::new();
     cached(&C, SLOW_CONSUMERS).increment(1);
+    TOTALS.slow_consumers.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Events written to sockets by one writer batch (the counter handle is the writer's own).
+pub fn delivered(counter: &Counter, events: u64) {
+    counter.increment(events);
+    TOTALS.delivered.fetch_add(events, Ordering::Relaxed);
+}
+
+/// Totals this process can read back (the recorder's cannot be): what the node's dashboard
+/// numbers (`crate::status`) are computed from. One relaxed add per publish, per writer batch
+/// and per slow consumer.
+struct Totals {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    slow_consumers: AtomicU64,
+}
+
+static TOTALS: Totals = Totals {
+    published: AtomicU64::new(0),
+    delivered: AtomicU64::new(0),
+    slow_consumers: AtomicU64::new(0),
+};
+
+/// A reading of this process's totals and delivery latency histogram.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Publishes acknowledged to this node's clients (`roomcast_messages_published_total`).
+    pub published: u64,
+    /// Events written to this node's client sockets.
+    pub delivered: u64,
+    /// Connections cut as slow consumers.
+    pub slow_consumers: u64,
+    /// Delivery latencies per bucket of [`LATENCY_BUCKETS`] (not cumulative; the last is +Inf).
+    pub latency: [u64; LATENCY_BUCKETS.len() + 1],
+}
+
+pub fn snapshot() -> Snapshot {
+    Snapshot {
+        published: TOTALS.published.load(Ordering::Relaxed),
+        delivered: TOTALS.delivered.load(Ordering::Relaxed),
+        slow_consumers: TOTALS.slow_consumers.load(Ordering::Relaxed),
+        latency: std::array::from_fn(|i| LATENCY.buckets[i].load(Ordering::Relaxed)),
+    }
+}
+
+/// The `q` quantile (0..1) of per-bucket latency counts, in seconds, interpolated linearly
+/// inside its bucket (as Prometheus' `histogram_quantile` does); `None` without samples. A
+/// quantile in the +Inf bucket is reported as the last finite bound.
+pub fn latency_quantile(counts: &[u64; LATENCY_BUCKETS.len() + 1], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    for (i, &c) in counts.iter().enumerate() {
+        if c > 0 && (below + c) as f64 >= rank {
+            let Some(&upper) = LATENCY_BUCKETS.get(i) else {
+                return LATENCY_BUCKETS.last().copied();
+            };
+            let lower = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
+            let within = ((rank - below as f64) / c as f64).clamp(0.0, 1.0);
+            return Some(lower + (upper - lower) * within);
+        }
+        below += c;
+    }
+    LATENCY_BUCKETS.last().copied()
 }
 
 pub fn shard_queue_full() {
@@ -361,6 +430,29 @@ pub fn internode_traffic(direction: &'static str) -> (Counter, Counter) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_quantile_interpolates_inside_the_bucket() {
+        let mut counts = [0u64; LATENCY_BUCKETS.len() + 1];
+        assert_eq!(latency_quantile(&counts, 0.99), None);
+        // 100 samples in (0.5 ms, 1 ms]: p50 is half way, p99 near the top.
+        counts[4] = 100;
+        let p50 = latency_quantile(&counts, 0.5).unwrap();
+        assert!((p50 - 0.00075).abs() < 1e-9, "{p50}");
+        let p99 = latency_quantile(&counts, 0.99).unwrap();
+        assert!(p99 > 0.00099 && p99 <= 0.001, "{p99}");
+        // One slow sample in 100 does not move p99 out of the first bucket; two do.
+        counts[4] = 99;
+        counts[10] = 1;
+        assert!(latency_quantile(&counts, 0.99).unwrap() <= 0.001);
+        counts[4] = 98;
+        counts[10] = 2;
+        assert!(latency_quantile(&counts, 0.99).unwrap() > 0.05);
+        // Beyond the last bound: reported as the last bound.
+        let mut inf = [0u64; LATENCY_BUCKETS.len() + 1];
+        inf[LATENCY_BUCKETS.len()] = 5;
+        assert_eq!(latency_quantile(&inf, 0.99), Some(5.0));
+    }
 
     #[test]
     fn latency_histogram_renders_cumulative_buckets() {

@@ -227,6 +227,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             verifier,
             api_keys,
             control_replies: Default::default(),
+            assets: crate::assets::Assets::build(config.asset_base_url.as_deref()),
         });
         let weak = Arc::downgrade(&node);
         peers.set_control_hook(Box::new(move |from, c| {
@@ -235,7 +236,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             }
         }));
         tokio::spawn(follow_membership(node.clone(), peers));
-        tokio::spawn(publish_load(node.clone()));
+        tokio::spawn(crate::status::run_sampler(node.clone()));
         Ok::<_, ServerError>(node)
     })?;
     tracing::info!(
@@ -328,15 +329,6 @@ async fn apply_view(node: &NodeContext, view: &ClusterView) {
             live: live.clone(),
         })
         .await;
-}
-
-/// Publishes this node's connection count in gossip (for load-aware clients and dashboards).
-async fn publish_load(node: Arc<NodeContext>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        node.membership.set_connections(node.conns.len()).await;
-    }
 }
 
 /// Binds a TCP listener with a deep accept backlog (connect storms).

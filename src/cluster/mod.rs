@@ -3,7 +3,8 @@
 //!
 //! Each node gossips a few small key-values about itself (never rooms or connections, which
 //! travel over the internode protocol): its advertised HTTP and cluster addresses, its live
-//! connection count, whether it is draining, and its version. Seeds are `host:port` strings,
+//! connection count, whether it is draining, its version, and (apart from the view) its
+//! dashboard numbers. Seeds are `host:port` strings,
 //! resolved by DNS and re-resolved periodically by chitchat, so one DNS name that lists many
 //! nodes works as the seed.
 //!
@@ -39,6 +40,10 @@ const KEY_DRAINING: &str = "draining";
 const KEY_VERSION: &str = "version";
 const KEY_READY: &str = "ready";
 const KEY_WS: &str = "ws";
+/// A node's headline numbers for the dashboard (`crate::status`), JSON, rewritten every
+/// second. Kept out of [`Member`] so that numbers changing every second never make a new
+/// view (views drive ownership).
+const KEY_STATS: &str = "stats";
 
 /// One member as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,6 +219,30 @@ impl Membership {
     /// Publishes this node's live connection count.
     pub async fn set_connections(&self, n: usize) {
         self.set(KEY_CONNS, n.to_string()).await;
+    }
+
+    /// Publishes this node's dashboard numbers (opaque here; `crate::status` writes them).
+    pub async fn set_stats(&self, stats: String) {
+        self.set(KEY_STATS, stats).await;
+    }
+
+    /// Every member's last gossiped dashboard numbers (newest incarnation per node id).
+    pub async fn member_stats(&self) -> BTreeMap<NodeId, String> {
+        self.handle
+            .with_chitchat(|c| {
+                let mut by_id: BTreeMap<NodeId, (u64, String)> = BTreeMap::new();
+                for (cid, state) in c.node_states() {
+                    let (Ok(id), Some(stats)) = (NodeId::new(&cid.node_id), state.get(KEY_STATS))
+                    else {
+                        continue;
+                    };
+                    if by_id.get(&id).is_none_or(|(g, _)| *g < cid.generation_id) {
+                        by_id.insert(id, (cid.generation_id, stats.to_string()));
+                    }
+                }
+                by_id.into_iter().map(|(id, (_, s))| (id, s)).collect()
+            })
+            .await
     }
 
     /// Publishes that this node has met the cluster and may own rooms.

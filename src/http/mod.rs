@@ -6,11 +6,14 @@
 //! * `GET /healthz` — the process is alive.
 //! * `GET /readyz` — the node accepts clients (503 while shutting down).
 //! * `GET /metrics` — Prometheus text format.
-//! * `GET /cluster` — this node's view of the cluster members.
+//! * `GET /cluster` — this node's view of the cluster members (`crate::status`).
+//! * `GET /dashboard/events` — the same report every second, as SSE (`crate::status`).
 //! * `GET /sse?rooms=a,b&token=..&since=..` — the SSE transport (`crate::sse`).
 //! * `/api/...` — the server API for backends ([`api`]).
+//! * `/`, `/demo`, `/dashboard`, `/assets/...` — the browser pages and their files ([`pages`]).
 
 pub mod api;
+pub mod pages;
 pub mod upgrade;
 
 use actix_web::http::StatusCode;
@@ -26,8 +29,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics))
         .route("/cluster", web::get().to(cluster))
         .route("/sse", web::get().to(sse))
-        .configure(api::routes);
+        .route("/dashboard/events", web::get().to(dashboard_events))
+        .configure(api::routes)
+        .configure(pages::routes);
 }
+
+/// Lets pages of other origins read a response: the SSE stream (a browser's `EventSource` on
+/// another origin needs it; tokens travel in the URL, never in cookies, so no credential is
+/// exposed) and `/cluster` (public membership, used by clients to find other nodes).
+const CORS_ANY: (&str, &str) = ("Access-Control-Allow-Origin", "*");
 
 fn unavailable(why: &str) -> HttpResponse {
     HttpResponse::build(StatusCode::SERVICE_UNAVAILABLE)
@@ -67,42 +77,24 @@ async fn metrics(node: web::Data<NodeContext>) -> HttpResponse {
 }
 
 async fn cluster(node: web::Data<NodeContext>) -> HttpResponse {
-    let view = node.views.borrow().clone();
-    let members: Vec<_> = view
-        .members
-        .iter()
-        .map(|m| {
-            let me = m.id == node.node_id;
-            json!({
-                "id": m.id.as_str(),
-                "http": m.http,
-                "cluster": m.cluster,
-                "live": m.live,
-                "ready": if me { node.is_ready() } else { m.ready },
-                "draining": if me { !node.is_accepting() } else { m.draining },
-                "ws": m.ws,
-                // This node's own count is exact; others' are as last gossiped (≈1 s old).
-                "connections": if me { node.conns.len() as u64 } else { m.connections },
-                "generation": m.generation,
-                "version": m.version,
-            })
-        })
-        .collect();
-    HttpResponse::Ok().json(json!({
-        "self": node.node_id.as_str(),
-        "members": members,
-        // This node's rooms: owned, and owned with fewer synced replicas than
-        // `room_replicas` (as of the shards' last tick).
-        "rooms": {
-            "owned": node.shards.owned_rooms(),
-            "under_replicated": node.shards.under_replicated(),
-            "replica_copies": node.shards.replica_copies(),
-            "room_replicas": node.config.room_replicas,
-        },
-        // Whether this node sees a majority of the cluster's stable membership (else it does
-        // not sequence: docs/OPERATIONS.md, Partitions).
-        "quorum": node.shards.has_quorum(),
-    }))
+    HttpResponse::Ok()
+        .insert_header(CORS_ANY)
+        .json(crate::status::cluster_report(&node).await)
+}
+
+/// `GET /dashboard/events`: the dashboard's live feed (`crate::status`).
+async fn dashboard_events(node: web::Data<NodeContext>) -> HttpResponse {
+    use crate::status::StreamRefused;
+    match crate::status::dashboard_stream(node.into_inner()) {
+        Ok(stream) => HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("Cache-Control", "no-cache"))
+            .insert_header(("X-Accel-Buffering", "no"))
+            .insert_header(CORS_ANY)
+            .streaming(stream),
+        Err(StreamRefused::ShuttingDown) => unavailable("shutting down"),
+        Err(StreamRefused::TooMany) => unavailable("too many dashboard streams"),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -117,9 +109,11 @@ struct SseQuery {
 async fn sse(node: web::Data<NodeContext>, req: actix_web::HttpRequest) -> HttpResponse {
     use crate::protocol::ErrorCode;
     use crate::sse::Refused;
+    // Refusals carry CORS too, so a page of another origin can read why.
     let refuse = |code: ErrorCode, status: StatusCode, message: &str| {
         crate::metrics::protocol_error(code);
         HttpResponse::build(status)
+            .insert_header(CORS_ANY)
             .json(json!({ "error": { "code": code.as_str(), "message": message } }))
     };
     let q = match web::Query::<SseQuery>::from_query(req.query_string()) {
@@ -167,6 +161,7 @@ async fn sse(node: web::Data<NodeContext>, req: actix_web::HttpRequest) -> HttpR
     match crate::sse::open(&node.clone().into_inner(), request) {
         Ok(stream) => HttpResponse::Ok()
             .content_type("text/event-stream")
+            .insert_header(CORS_ANY)
             .insert_header(("Cache-Control", "no-cache"))
             .insert_header(("X-Accel-Buffering", "no"))
             .streaming(stream),
@@ -175,6 +170,13 @@ async fn sse(node: web::Data<NodeContext>, req: actix_web::HttpRequest) -> HttpR
             refuse(ErrorCode::Unauthorized, StatusCode::UNAUTHORIZED, &m)
         }
         Err(Refused::Forbidden(m)) => refuse(ErrorCode::Forbidden, StatusCode::FORBIDDEN, &m),
-        Err(Refused::Unavailable(m)) => unavailable(m),
+        Err(Refused::Unavailable(m)) => {
+            let mut res = unavailable(m);
+            res.headers_mut().insert(
+                actix_web::http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                actix_web::http::header::HeaderValue::from_static("*"),
+            );
+            res
+        }
     }
 }

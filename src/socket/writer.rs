@@ -141,7 +141,7 @@ impl Counting {
             p.frames.push_back(f.bytes);
         });
         if events > 0 {
-            self.delivered.increment(events);
+            m::delivered(&self.delivered, events);
         }
         self.lat.flush();
     }

@@ -3,7 +3,7 @@
 # check that CI can be trusted (a flaky test is a bug in the product or the test — this finds
 # it; it never retries anything away).
 #
-#   scripts/repeat-tests.sh N                  N rounds of the cluster, bench, socket, presence, sse and compose suites
+#   scripts/repeat-tests.sh N                  N rounds of the cluster, bench, socket, presence, sse, web, browser and compose suites
 #   NO_DOCKER=1 scripts/repeat-tests.sh N      without the compose suite
 #   SUITES="cluster" scripts/repeat-tests.sh N only these test binaries (tests/NAME.rs)
 #
@@ -18,7 +18,7 @@ n="${1:?usage: scripts/repeat-tests.sh N}"
 out="${OUT:-target/repeat-tests}"
 mkdir -p "$out"
 
-suites=(${SUITES:-cluster bench socket presence sse docker})
+suites=(${SUITES:-cluster bench socket presence sse web browser docker})
 if [ -n "${NO_DOCKER:-}" ]; then
   suites=("${suites[@]/docker/}")
 fi

@@ -32,7 +32,7 @@ old="$work/target-before/release/roomcast"
 new=target/release/roomcast
 
 start() { # bin port cluster-port
-  "$1" serve --node-id "cmp$2" --listen "127.0.0.1:$2" --cluster-listen "127.0.0.1:$3" \
+  ROOMCAST_MAX_CONNECTIONS_PER_IP=0 "$1" serve --node-id "cmp$2" --listen "127.0.0.1:$2" --cluster-listen "127.0.0.1:$3" \
     --publish-rate 0 --log-level warn >/dev/null 2>&1 &
   started+=($!)
   eval "pid_$2=$!"

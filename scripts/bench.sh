@@ -63,8 +63,10 @@ wait_port() { # host port
 }
 
 # roomcast: 1 node on 21081, 3 nodes on 21181..21183.
+# All load comes from loopback: the per-IP bound is lifted (an env var, which older builds
+# ignore, so the same line serves bench-compare.sh's baselines).
 rc_start() { # name http cluster seed
-  "$bin" serve --node-id "$1" --listen "127.0.0.1:$2" --cluster-listen "127.0.0.1:$3" \
+  ROOMCAST_MAX_CONNECTIONS_PER_IP=0 "$bin" serve --node-id "$1" --listen "127.0.0.1:$2" --cluster-listen "127.0.0.1:$3" \
     ${4:+--seed "$4"} --publish-rate 0 --max-connections 100000 --log-level warn \
     >"$run_dir/$1.log" 2>&1 &
   started+=($!)

@@ -71,7 +71,7 @@ start_cluster() { # n
     echo "$period" >"$cg/cpu.cfs_period_us"
     echo "$quota" >"$cg/cpu.cfs_quota_us"
     # The node starts inside its cgroup (the subshell joins it, then execs the node).
-    (echo $BASHPID >"$cg/cgroup.procs" && exec "$bin" serve --node-id "s$i" \
+    (echo $BASHPID >"$cg/cgroup.procs" && exec env ROOMCAST_MAX_CONNECTIONS_PER_IP=0 "$bin" serve --node-id "s$i" \
       --listen "127.0.0.1:$http" --cluster-listen "127.0.0.1:$cl" ${seed:+--seed "$seed"} \
       --publish-rate 0 --max-connections 100000 --log-level warn) >"$run_dir/s$i.log" 2>&1 &
     started+=($!)

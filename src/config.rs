@@ -81,6 +81,16 @@ pub struct Config {
     pub max_rooms_per_conn: usize,
     /// Connections this node accepts at once; more get HTTP 503.
     pub max_connections: usize,
+    /// Connections (WebSocket and SSE) one client IP address may hold at once; more get HTTP
+    /// 429. 0 = unlimited (behind a load balancer every client has its address).
+    pub max_connections_per_ip: usize,
+    /// HTTP connections not yet upgraded to a WebSocket or SSE stream (handshakes in
+    /// progress, plain requests); past it, upgrades are refused with HTTP 503.
+    pub max_pending_handshakes: usize,
+    /// Time a new HTTP connection has to send its request head (the WebSocket handshake)
+    /// before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     /// Sustained publishes per second per connection (token bucket refill); 0 = unlimited.
     pub publish_rate: u32,
     /// Publishes a connection may burst above the rate (token bucket size).
@@ -164,6 +174,9 @@ impl Default for Config {
             max_data_bytes: 64 * 1024,
             max_rooms_per_conn: 100,
             max_connections: 100_000,
+            max_connections_per_ip: 10_000,
+            max_pending_handshakes: 10_000,
+            handshake_timeout: Duration::from_secs(5),
             publish_rate: 1_000,
             publish_burst: 2_000,
             outbound_max_messages: 10_000,
@@ -190,6 +203,26 @@ impl Default for Config {
             log_format: LogFormat::Text,
         }
     }
+}
+
+/// The internode frame limit after the handshake (`internode::codec::MAX_FRAME`, which is
+/// checked to equal this): a room's whole state must fit one frame, since replicas and new
+/// owners receive it in one (`ReplicaSync`, handoffs).
+pub const INTERNODE_MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// An upper bound on a room's state as one internode frame: the history's event bytes, a
+/// per-entry overhead (room name, epoch, seq, time, publish key), the remembered publish keys
+/// and a full presence set (each entry's user, connection and `info` ≤ 1 KiB), plus slack for
+/// the rest of the frame.
+pub fn largest_room_state(c: &Config) -> usize {
+    const ENTRY_OVERHEAD: usize = 512;
+    const KEYS: usize = 1_024 * 160;
+    const PRESENCE_ENTRY: usize = 1_536;
+    const SLACK: usize = 64 * 1024;
+    c.history_max_bytes
+        .saturating_add(c.history_max_messages.saturating_mul(ENTRY_OVERHEAD))
+        .saturating_add(c.presence_max_per_room.saturating_mul(PRESENCE_ENTRY))
+        .saturating_add(KEYS + SLACK)
 }
 
 fn default_node_id() -> String {
@@ -339,6 +372,21 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Connections one client IP may hold at once, 0 = unlimited [default: 10000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
+    /// HTTP connections not yet a WebSocket or SSE stream, at most [default: 10000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending_handshakes: Option<usize>,
+    /// Time a new connection has to send its handshake request [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub handshake_timeout: Option<Duration>,
     /// Publishes per second per connection, 0 = unlimited [default: 1000].
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -527,12 +575,13 @@ impl Config {
         if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
             return Err(invalid("cluster_id", "must be 1-64 characters"));
         }
-        let positive: [(&str, usize); 10] = [
+        let positive: [(&str, usize); 11] = [
             ("presence_max_per_room", self.presence_max_per_room),
             ("max_frame_bytes", self.max_frame_bytes),
             ("max_data_bytes", self.max_data_bytes),
             ("max_rooms_per_conn", self.max_rooms_per_conn),
             ("max_connections", self.max_connections),
+            ("max_pending_handshakes", self.max_pending_handshakes),
             ("outbound_max_messages", self.outbound_max_messages),
             ("outbound_max_bytes", self.outbound_max_bytes),
             ("history_max_messages", self.history_max_messages),
@@ -588,6 +637,18 @@ impl Config {
                 ),
             ));
         }
+        let state = largest_room_state(self);
+        if state > INTERNODE_MAX_FRAME {
+            return Err(invalid(
+                "history_max_bytes",
+                format!(
+                    "a room's state (history, keys and presence) could reach {state} bytes, over \
+                     the internode frame limit ({INTERNODE_MAX_FRAME}) that carries it to replicas \
+                     and new owners: lower history_max_bytes, history_max_messages or \
+                     presence_max_per_room"
+                ),
+            ));
+        }
         if self.publish_rate > 0 && self.publish_burst == 0 {
             return Err(invalid(
                 "publish_burst",
@@ -603,6 +664,7 @@ impl Config {
             ("gossip_interval", self.gossip_interval),
             ("failure_timeout", self.failure_timeout),
             ("auth_timeout", self.auth_timeout),
+            ("handshake_timeout", self.handshake_timeout),
         ];
         for (name, d) in durations {
             if d.is_zero() {
@@ -805,6 +867,34 @@ mod tests {
         assert_eq!(c.history_max_age, Duration::from_secs(600));
         assert_eq!(c.max_data_bytes, 65536);
         assert_eq!(c.max_frame_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_room_state_that_could_outgrow_an_internode_frame_is_refused_at_start() {
+        assert_eq!(INTERNODE_MAX_FRAME, crate::internode::codec::MAX_FRAME);
+        let c = load(ServeArgs::default(), &[]).unwrap();
+        assert!(largest_room_state(&c) < INTERNODE_MAX_FRAME / 4);
+        let e = load(
+            ServeArgs::default(),
+            &[
+                ("HISTORY_MAX_BYTES", "66000000"),
+                ("OUTBOUND_MAX_BYTES", "100000000"),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("history_max_bytes"), "{e}");
+        assert!(e.to_string().contains("internode frame limit"), "{e}");
+        // A big presence set counts too.
+        let e = load(
+            ServeArgs::default(),
+            &[
+                ("HISTORY_MAX_BYTES", "50000000"),
+                ("OUTBOUND_MAX_BYTES", "100000000"),
+                ("PRESENCE_MAX_PER_ROOM", "20000"),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("history_max_bytes"), "{e}");
     }
 
     #[test]

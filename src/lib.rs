@@ -27,6 +27,7 @@
 //!   numbers every node samples and gossips each second.
 //! * [`assets`] — the demo and dashboard pages and their files: embedded, fingerprinted,
 //!   gzipped once, ready for a CDN.
+//! * [`admission`] — who may connect: connections per client IP, handshakes in progress.
 //! * [`http`] — routes only: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/cluster`, `/api/…`.
 //! * [`metrics`] — every metric name and help text, and the Prometheus recorder.
 //! * [`auth`] — JWT verification (HS256 secret, PEM key, JWKS), room rights from the `rooms`
@@ -38,6 +39,7 @@
 //! `auth` and `assets` import nothing from the crate; the layers that admit clients call
 //! `auth`, the node holds the built `assets`.
 
+pub mod admission;
 pub mod api;
 pub mod assets;
 pub mod auth;

@@ -50,6 +50,8 @@ pub const API_REQUESTS: &str = "roomcast_api_requests_total";
 pub const SSE_CONNECTIONS: &str = "roomcast_sse_connections";
 pub const PRESENCE_ENTRIES: &str = "roomcast_presence_entries";
 pub const PRESENCE_REFUSED: &str = "roomcast_presence_refused_total";
+pub const CONNECTIONS_REFUSED: &str = "roomcast_connections_refused_total";
+pub const HANDSHAKES_PENDING: &str = "roomcast_handshakes_pending";
 
 /// Histogram buckets for latencies, in seconds (50 µs … 5 s).
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -90,6 +92,14 @@ fn describe() {
     describe_gauge!(
         PRESENCE_ENTRIES,
         "Presence entries held in the rooms this node owns"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections turned away before they started, by reason (per_ip, pending_handshakes, max_connections, shutting_down)"
+    );
+    describe_gauge!(
+        HANDSHAKES_PENDING,
+        "HTTP connections not yet a WebSocket or SSE stream (max_pending_handshakes)"
     );
     describe_counter!(
         PRESENCE_REFUSED,
@@ -353,6 +363,17 @@ pub fn render_latency(out: &mut String) {
     let sum = LATENCY.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
     let _ = writeln!(out, "{DELIVERY_LATENCY}_sum {sum}");
     let _ = writeln!(out, "{DELIVERY_LATENCY}_count {cumulative}");
+}
+
+/// A client connection turned away before it started (`crate::admission`, shutdown,
+/// `max_connections`), by reason.
+pub fn connection_refused(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// HTTP connections not yet a WebSocket or SSE stream.
+pub fn handshakes_pending(delta: f64) {
+    metrics::gauge!(HANDSHAKES_PENDING).increment(delta);
 }
 
 pub fn protocol_error(code: ErrorCode) {

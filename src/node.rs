@@ -153,6 +153,8 @@ pub struct NodeContext {
     /// Server API queries to peers waiting for their answers, by query id (`api::rooms`).
     /// Bounded by the peers asked: a reply past that is dropped.
     pub control_replies: Mutex<HashMap<u64, tokio::sync::mpsc::Sender<(NodeId, Control)>>>,
+    /// Who may connect: per-IP counts and handshakes in progress (`crate::admission`).
+    pub admission: crate::admission::Admission,
     /// The demo and dashboard pages and their static files (`crate::assets`).
     pub assets: crate::assets::Assets,
 }

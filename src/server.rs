@@ -228,6 +228,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             api_keys,
             control_replies: Default::default(),
             assets: crate::assets::Assets::build(config.asset_base_url.as_deref()),
+            admission: crate::admission::Admission::new(
+                config.max_connections_per_ip,
+                config.max_pending_handshakes,
+            ),
         });
         let weak = Arc::downgrade(&node);
         peers.set_control_hook(Box::new(move |from, c| {
@@ -425,7 +429,14 @@ async fn serve_http(
             let app = actix_web::App::new()
                 .app_data(actix_web::web::Data::from(app_node.clone()))
                 .configure(crate::http::routes);
+            let door = app_node.admission.clone();
             actix_http::HttpService::build()
+                // A connection has `handshake_timeout` to send its request head (then 408).
+                .client_request_timeout(cfg.handshake_timeout)
+                // Counted as pending from accept until it becomes a WebSocket or SSE stream.
+                .on_connect_ext(move |_: &actix_web::rt::net::TcpStream, data| {
+                    data.insert(door.accepted());
+                })
                 .upgrade(crate::http::upgrade::WsUpgradeFactory {
                     node: app_node.clone(),
                 })

@@ -101,15 +101,19 @@ pub struct SseRequest {
     /// Where to resume each room from (`Last-Event-ID` or `since`).
     pub since: Positions,
     pub token: Option<String>,
+    /// The connection's place in its client address's count (`crate::admission`).
+    pub ip_slot: Option<crate::admission::IpSlot>,
 }
 
 /// Starts an SSE connection: checks it, registers it, joins its rooms; returns the body.
 pub fn open(node: &Arc<NodeContext>, req: SseRequest) -> Result<SseStream, Refused> {
     let cfg = &node.config;
     if !node.is_accepting() {
+        m::connection_refused("shutting_down");
         return Err(Refused::Unavailable("shutting down"));
     }
     if node.conns.len() >= cfg.max_connections {
+        m::connection_refused("max_connections");
         return Err(Refused::Unavailable("connection limit reached"));
     }
     if req.rooms.is_empty() || req.rooms.len() > cfg.max_rooms_per_conn {
@@ -217,6 +221,7 @@ pub fn open(node: &Arc<NodeContext>, req: SseRequest) -> Result<SseStream, Refus
             id,
             handle,
             rooms: req.rooms,
+            _ip_slot: req.ip_slot,
         },
     })
 }
@@ -228,6 +233,7 @@ struct Guard {
     id: ConnId,
     handle: ConnHandle,
     rooms: Vec<RoomId>,
+    _ip_slot: Option<crate::admission::IpSlot>,
 }
 
 impl Drop for Guard {

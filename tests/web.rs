@@ -177,7 +177,14 @@ async fn pages_load_assets_from_a_cdn_origin_when_told_to() {
     }
     // A bad origin is refused at start, with the option named.
     let out = std::process::Command::new(bin())
-        .args(["--asset-base-url", "cdn.example.com/"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--asset-base-url",
+            "cdn.example.com/",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

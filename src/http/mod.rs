@@ -153,18 +153,47 @@ async fn sse(node: web::Data<NodeContext>, req: actix_web::HttpRequest) -> HttpR
         },
         None => Default::default(),
     };
+    // The door (`crate::admission`): handshakes in progress, then the client's address.
+    let pending = req.conn_data::<crate::admission::Pending>();
+    if let Some(p) = pending
+        && let Err(r) = p.check()
+    {
+        let mut res = unavailable(r.message());
+        res.headers_mut().insert(
+            actix_web::http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            actix_web::http::header::HeaderValue::from_static("*"),
+        );
+        return res;
+    }
+    let ip_slot = match req.peer_addr().map(|a| node.admission.admit_ip(a.ip())) {
+        Some(Ok(slot)) => Some(slot),
+        Some(Err(r)) => {
+            return HttpResponse::TooManyRequests()
+                .insert_header(CORS_ANY)
+                .insert_header(("Retry-After", "5"))
+                .json(json!({ "error": r.message() }));
+        }
+        None => None,
+    };
     let request = crate::sse::SseRequest {
         rooms,
         since,
         token: q.token,
+        ip_slot,
     };
     match crate::sse::open(&node.clone().into_inner(), request) {
-        Ok(stream) => HttpResponse::Ok()
+        Ok(stream) => {
+            // A stream now, not a connection being set up.
+            if let Some(p) = pending {
+                p.release();
+            }
+            HttpResponse::Ok()
             .content_type("text/event-stream")
             .insert_header(CORS_ANY)
             .insert_header(("Cache-Control", "no-cache"))
             .insert_header(("X-Accel-Buffering", "no"))
-            .streaming(stream),
+            .streaming(stream)
+        }
         Err(Refused::BadRequest(m)) => refuse(ErrorCode::BadRequest, StatusCode::BAD_REQUEST, &m),
         Err(Refused::Unauthorized(m)) => {
             refuse(ErrorCode::Unauthorized, StatusCode::UNAUTHORIZED, &m)

@@ -2,7 +2,8 @@
 //!
 //! actix-http sends every request that asks for a WebSocket upgrade here instead of to the
 //! actix-web `App`. This service applies the node's rules (the path is `/ws`; 503 while
-//! shutting down or at `max_connections`), lets `socket::handshake` check and answer the
+//! shutting down or at `max_connections`; the door's bounds of `crate::admission`: 503 past
+//! `max_pending_handshakes`, 429 past `max_connections_per_ip`), lets `socket::handshake` check and answer the
 //! handshake, and starts the connection actor with the TCP stream. A plain `GET /ws` (no
 //! upgrade) still goes to the `App`, which answers 400.
 
@@ -16,6 +17,7 @@ use actix_http::{Request, Response, StatusCode};
 use actix_service::{Service, ServiceFactory};
 use bytes::Bytes;
 
+use crate::admission::Pending;
 use crate::node::NodeContext;
 use crate::session::Session;
 use crate::socket::handshake::{self, Upgrading};
@@ -85,19 +87,44 @@ impl Service<(Request, Upgrading)> for WsUpgrade {
                 .await?);
             }
             if !node.is_accepting() {
+                crate::metrics::connection_refused("shutting_down");
                 let res = json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
                 return Ok(handshake::respond(&mut framed, res).await?);
             }
             if node.conns.len() >= node.config.max_connections {
+                crate::metrics::connection_refused("max_connections");
                 let res = json_error(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached");
                 return Ok(handshake::respond(&mut framed, res).await?);
             }
+            // The door (`crate::admission`): handshakes in progress, then the client's address.
+            let pending = req.conn_data::<Pending>();
+            if let Some(p) = pending
+                && let Err(r) = p.check()
+            {
+                let res = json_error(StatusCode::SERVICE_UNAVAILABLE, r.message());
+                return Ok(handshake::respond(&mut framed, res).await?);
+            }
+            let ip_slot = match req.peer_addr().map(|a| node.admission.admit_ip(a.ip())) {
+                Some(Ok(slot)) => Some(slot),
+                Some(Err(r)) => {
+                    let mut res = json_error(StatusCode::TOO_MANY_REQUESTS, r.message());
+                    res.headers_mut().insert(
+                        actix_http::header::RETRY_AFTER,
+                        actix_http::header::HeaderValue::from_static("5"),
+                    );
+                    return Ok(handshake::respond(&mut framed, res).await?);
+                }
+                None => None,
+            };
             if let Err(e) = handshake::check(&req) {
                 return Ok(handshake::refuse(&mut framed, e).await?);
             }
             let token = url_token(&req);
             let (stream, leftover) = handshake::accept(&req, framed).await?;
-            Session::start(node, stream, leftover, token);
+            if let Some(p) = pending {
+                p.release();
+            }
+            Session::start(node, stream, leftover, token, ip_slot);
             Ok(())
         })
     }

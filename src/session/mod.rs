@@ -123,6 +123,9 @@ pub struct Session {
     resume_out: Option<(RoomId, Instant)>,
     /// A pacing check is scheduled.
     resume_timer: bool,
+    /// This connection's place in its client address's count (`crate::admission`), given
+    /// back when the actor stops.
+    _ip_slot: Option<crate::admission::IpSlot>,
 }
 
 /// A join (with `since`: waiting for its turn).
@@ -145,6 +148,7 @@ impl Session {
         stream: TcpStream,
         leftover: BytesMut,
         url_token: Option<String>,
+        ip_slot: Option<crate::admission::IpSlot>,
     ) {
         let cfg = &node.config;
         let _ = stream.set_nodelay(true);
@@ -179,6 +183,7 @@ impl Session {
                 resumes: VecDeque::new(),
                 resume_out: None,
                 resume_timer: false,
+                _ip_slot: ip_slot,
             }
         });
         let actor = addr.recipient::<CloseNow>();

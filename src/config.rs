@@ -91,6 +91,12 @@ pub struct Config {
     /// before it is closed.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Rooms this node may own (sequence) before it refuses to create more (`room_limit`);
+    /// split evenly over the shards. Rooms that move here with their state are never refused.
+    pub max_rooms: usize,
+    /// New room names one connection may address per minute (token bucket: this many per
+    /// minute, bursts of as many); past it, `rate_limited`. 0 = unlimited.
+    pub max_new_rooms_per_minute: u32,
     /// Sustained publishes per second per connection (token bucket refill); 0 = unlimited.
     pub publish_rate: u32,
     /// Publishes a connection may burst above the rate (token bucket size).
@@ -177,6 +183,8 @@ impl Default for Config {
             max_connections_per_ip: 10_000,
             max_pending_handshakes: 10_000,
             handshake_timeout: Duration::from_secs(5),
+            max_rooms: 100_000,
+            max_new_rooms_per_minute: 120,
             publish_rate: 1_000,
             publish_burst: 2_000,
             outbound_max_messages: 10_000,
@@ -387,6 +395,14 @@ pub struct ServeArgs {
         with = "humantime_serde::option"
     )]
     pub handshake_timeout: Option<Duration>,
+    /// Rooms this node may own before new rooms get room_limit, split over shards [default: 100000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rooms: Option<usize>,
+    /// New room names a connection may address per minute, 0 = unlimited [default: 120].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_new_rooms_per_minute: Option<u32>,
     /// Publishes per second per connection, 0 = unlimited [default: 1000].
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -575,13 +591,14 @@ impl Config {
         if self.cluster_id.is_empty() || self.cluster_id.len() > 64 {
             return Err(invalid("cluster_id", "must be 1-64 characters"));
         }
-        let positive: [(&str, usize); 11] = [
+        let positive: [(&str, usize); 12] = [
             ("presence_max_per_room", self.presence_max_per_room),
             ("max_frame_bytes", self.max_frame_bytes),
             ("max_data_bytes", self.max_data_bytes),
             ("max_rooms_per_conn", self.max_rooms_per_conn),
             ("max_connections", self.max_connections),
             ("max_pending_handshakes", self.max_pending_handshakes),
+            ("max_rooms", self.max_rooms),
             ("outbound_max_messages", self.outbound_max_messages),
             ("outbound_max_bytes", self.outbound_max_bytes),
             ("history_max_messages", self.history_max_messages),

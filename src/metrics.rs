@@ -52,6 +52,7 @@ pub const PRESENCE_ENTRIES: &str = "roomcast_presence_entries";
 pub const PRESENCE_REFUSED: &str = "roomcast_presence_refused_total";
 pub const CONNECTIONS_REFUSED: &str = "roomcast_connections_refused_total";
 pub const HANDSHAKES_PENDING: &str = "roomcast_handshakes_pending";
+pub const ROOMS_REFUSED: &str = "roomcast_rooms_refused_total";
 
 /// Histogram buckets for latencies, in seconds (50 µs … 5 s).
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -104,6 +105,12 @@ fn describe() {
     describe_counter!(
         PRESENCE_REFUSED,
         "Joins with presence not recorded because the room's set was full (presence_max_per_room)"
+    );
+    describe_counter!(
+        ROOMS_REFUSED,
+        "Requests for rooms that were not created, by reason (node_full: the room's owner here \
+         had max_rooms rooms, answered room_limit; connection_rate: a connection addressed more \
+         than max_new_rooms_per_minute new rooms, answered rate_limited)"
     );
     describe_gauge!(
         SSE_CONNECTIONS,
@@ -378,6 +385,14 @@ pub fn handshakes_pending(delta: f64) {
 
 pub fn protocol_error(code: ErrorCode) {
     metrics::counter!(PROTOCOL_ERRORS, "code" => code.as_str()).increment(1);
+}
+
+/// Requests for rooms not created, by reason: `node_full` (this node, the room's owner, is at
+/// `max_rooms`) or `connection_rate` (`max_new_rooms_per_minute`).
+pub fn rooms_refused(reason: &'static str, v: u64) {
+    if v > 0 {
+        metrics::counter!(ROOMS_REFUSED, "reason" => reason).increment(v);
+    }
 }
 
 /// SSE connections open (also counted in `roomcast_connections`).

@@ -156,6 +156,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         request_timeout_us: config.request_timeout.as_micros() as u64,
         replicas: config.room_replicas,
         presence_max: config.presence_max_per_room,
+        // Each shard's router creates rooms up to its even share of the node's limit.
+        max_rooms: config.max_rooms.div_ceil(config.shard_count()),
     };
     let node = core.block_on(async {
         let membership = Membership::start(

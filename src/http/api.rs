@@ -41,7 +41,7 @@ fn status(code: ErrorCode) -> StatusCode {
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable | ErrorCode::RoomLimit => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -55,7 +55,7 @@ fn error(endpoint: &'static str, code: ErrorCode, message: &str) -> HttpResponse
     crate::metrics::api_request(endpoint, st.as_u16());
     let mut res = HttpResponse::build(st);
     match code {
-        ErrorCode::Unavailable => {
+        ErrorCode::Unavailable | ErrorCode::RoomLimit => {
             res.insert_header(("Retry-After", "1"));
         }
         ErrorCode::Unauthorized => {

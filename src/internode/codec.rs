@@ -28,6 +28,8 @@ pub const MAGIC: [u8; 4] = *b"RCST";
 /// answers queries for a room in transit (issue 8).
 /// 3: replication (issue 10). 4: `HandoffOffer` (a replica offers a room whose owner restarted),
 /// `Control` frames, `user` on `Publish`, `epoch` on `PublishAck` (issue 11).
+/// 5 also carries `PeerError::RoomLimit` in `Refused` (an owner at `max_rooms` did not create
+/// the room; issue 13) — part of version 5, whose bump lands with the other v5 changes.
 pub const PROTOCOL_VERSION: u16 = 4;
 pub const PREAMBLE_LEN: usize = 8;
 /// Frame limit during the handshake.

@@ -40,10 +40,13 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an unexpected failure on the server.
     Internal,
+    /// The room does not exist and its owner node already owns `max_rooms` rooms: it was not
+    /// created. Existing rooms keep working; retry later.
+    RoomLimit,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::BadRequest,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
@@ -51,6 +54,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
+        ErrorCode::RoomLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +66,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::RoomLimit => "room_limit",
         }
     }
 }
@@ -537,7 +542,8 @@ mod tests {
                 "forbidden",
                 "unavailable",
                 "internal",
-                "unauthorized"
+                "unauthorized",
+                "room_limit"
             ]
         );
     }

@@ -498,6 +498,7 @@ impl Reported {
             m::PRESENCE_REFUSED,
             s.presence_refused - self.stats.presence_refused,
         );
+        m::rooms_refused("node_full", s.rooms_refused - self.stats.rooms_refused);
         m::add(m::FEED_GAPS, s.gaps - self.stats.gaps);
         m::add(m::GAP_EVICTIONS, s.evictions - self.stats.evictions);
         m::add(m::OWNER_CHANGES, s.owner_changes - self.stats.owner_changes);

@@ -165,12 +165,29 @@ fn unavailable(msg: &str) -> Reply {
     Reply::error(ErrorCode::Unavailable, msg)
 }
 
-/// Answers a join that will not complete: `unavailable`, and the connection forgets the room.
-fn fail_join<H: Clone>(j: PendingJoin<H>, room: &RoomId, why: &str, out: &mut Vec<Action<H>>) {
+/// The reply to a request whose room its owner did not create (`PeerError::RoomLimit`).
+fn room_limit(room: &RoomId) -> Reply {
+    Reply::error(
+        ErrorCode::RoomLimit,
+        format!(
+            "room {room} does not exist and its owner node has max_rooms rooms: \
+             it was not created; retry later"
+        ),
+    )
+}
+
+/// Answers a join that will not complete with `reply` (`unavailable` unless the room was
+/// refused), and the connection forgets the room.
+fn fail_join<H: Clone>(
+    j: PendingJoin<H>,
+    room: &RoomId,
+    reply: Reply,
+    out: &mut Vec<Action<H>>,
+) {
     out.push(Action::Reply {
         to: j.handle.clone(),
         req: j.req,
-        reply: unavailable(why),
+        reply,
     });
     out.push(Action::JoinFailed {
         to: j.handle,
@@ -893,7 +910,10 @@ impl<H: Clone> Router<H> {
 
     /// A request was not served. `NotOwner` means the room is moving: the request is re-sent
     /// at once to the node `hint` names, or parked until the view changes or `RETRY_US`
-    /// passed — never failed before its deadline. `Unavailable` (an overloaded owner) fails it.
+    /// passed — never failed before its deadline. `Unavailable` (an overloaded owner) fails it,
+    /// and so does `RoomLimit` (the room does not exist and its owner would not create it),
+    /// answered `room_limit`. A resync refused either way is retried on a later tick (its
+    /// room has subscribers here; they wait for the owner to have the room).
     pub(super) fn on_refused(&mut self, from: NodeId, r: Refused, out: &mut Vec<Action<H>>) {
         let Refused {
             room,
@@ -926,18 +946,20 @@ impl<H: Clone> Router<H> {
             // next publish arrives; re-sending this one later could put it after that one.
             let follow = moving && (hint.is_some() || !publish) && p.redirects < MAX_REDIRECTS;
             if !follow {
-                let why = if !moving {
-                    "the room's owner node is overloaded; retry"
+                let reply = if error == PeerError::RoomLimit {
+                    room_limit(&room)
+                } else if !moving {
+                    unavailable("the room's owner node is overloaded; retry")
                 } else if publish {
-                    "the room's owner is changing; the publish was not sequenced; retry"
+                    unavailable("the room's owner is changing; the publish was not sequenced; retry")
                 } else {
-                    "the room's owner is changing; retry"
+                    unavailable("the room's owner is changing; retry")
                 };
                 if let Some(p) = self.take_pending(token) {
                     out.push(Action::Reply {
                         to: p.handle,
                         req: p.req,
-                        reply: unavailable(why),
+                        reply,
                     });
                 }
                 if publish {
@@ -993,7 +1015,12 @@ impl<H: Clone> Router<H> {
             return;
         }
         let j = r.joins.remove(i);
-        fail_join(j, &room, "the room's owner node is overloaded; retry", out);
+        let reply = if error == PeerError::RoomLimit {
+            room_limit(&room)
+        } else {
+            unavailable("the room's owner node is overloaded; retry")
+        };
+        fail_join(j, &room, reply, out);
         self.drop_room_if_unused(&room, out);
     }
 
@@ -1169,12 +1196,8 @@ impl<H: Clone> Router<H> {
                 }
             }
             for j in failed {
-                fail_join(
-                    j,
-                    &room,
-                    "the room's owner node did not answer in time; retry",
-                    out,
-                );
+                let why = "the room's owner node did not answer in time; retry";
+                fail_join(j, &room, unavailable(why), out);
             }
             if retry {
                 self.start_resync(&room, out);

@@ -20,6 +20,9 @@ pub enum PeerError {
     NotOwner,
     /// The receiver is overloaded or shutting down.
     Unavailable,
+    /// The room does not exist and the receiver, its owner, already owns its share of
+    /// `max_rooms`: the room was not created (internode protocol version 5).
+    RoomLimit,
 }
 
 /// A room's owner state, as handed from one owner to the next.

@@ -84,6 +84,11 @@ pub struct RouterConfig {
     pub replicas: usize,
     /// Presence entries kept per room at most (`presence_max_per_room`).
     pub presence_max: usize,
+    /// Rooms this router may *create* (its share of the node's `max_rooms`): a new room is
+    /// refused (`PeerError::RoomLimit`) while the rooms it owns plus those whose state it is
+    /// looking for reach this. Rooms that come with their state (handoffs, promoted replica
+    /// copies, take-overs) are never refused, so moves can take a router past it.
+    pub max_rooms: usize,
 }
 
 /// An event fed to the router.
@@ -218,6 +223,9 @@ pub struct RouterStats {
     pub quorum_losses: u64,
     /// Presence entries not recorded because their room's set was full.
     pub presence_refused: u64,
+    /// Requests refused because their room did not exist and this router was at
+    /// `RouterConfig::max_rooms` (the room was not created).
+    pub rooms_refused: u64,
 }
 
 /// The routing state machine for a set of rooms on one node.

@@ -133,6 +133,8 @@ enum Ownership {
     Deferred,
     /// Not this node's; `Some`: it was handed to that node.
     NotOwner(Option<NodeId>),
+    /// The room does not exist and this router is at its room limit: not created.
+    Full,
 }
 
 impl OwnedRoom {
@@ -234,13 +236,24 @@ impl<H: Clone> Router<H> {
             if self.promote(room, out) {
                 return Ownership::Ready;
             }
+            if self.at_room_limit() {
+                return Ownership::Full;
+            }
             self.stats.fresh_epochs += 1;
             let fresh = OwnedRoom::fresh(&self.me, self.now_us);
             self.install_owned(room.clone(), fresh, out);
             return Ownership::Ready;
         }
+        // Asked even at the room limit: a previous owner may hold the room (then it is not
+        // new); whether to create it is decided when every answer is in (`resolve_pending`).
         self.ask_for_state(room, candidates, out);
         Ownership::Deferred
+    }
+
+    /// True when this router may not create another room: the rooms it owns and those whose
+    /// state it is looking for reach its share of `max_rooms`.
+    fn at_room_limit(&self) -> bool {
+        self.owned.len() + self.pending_owner.len() >= self.cfg.max_rooms
     }
 
     /// Asks `candidates` for `room`'s state and holds requests for it until they answered.
@@ -377,6 +390,8 @@ impl<H: Clone> Router<H> {
         self.refuse_msg(from, &msg, PeerError::Unavailable, None, out);
     }
 
+    /// Answers a request with `Refused`; messages that expect no answer (no token) are
+    /// dropped. True when a refusal was sent.
     pub(super) fn refuse_msg(
         &mut self,
         to: NodeId,
@@ -384,13 +399,13 @@ impl<H: Clone> Router<H> {
         error: PeerError,
         owner: Option<NodeId>,
         out: &mut Vec<Action<H>>,
-    ) {
+    ) -> bool {
         let token = match msg {
             PeerMsg::Subscribe(Subscribe { token, .. })
             | PeerMsg::Publish(Publish { token, .. })
             | PeerMsg::HistoryReq(HistoryReq { token, .. })
             | PeerMsg::PresenceReq(super::message::PresenceReq { token, .. }) => *token,
-            _ => return,
+            _ => return false,
         };
         self.send(
             to,
@@ -402,6 +417,7 @@ impl<H: Clone> Router<H> {
             }),
             out,
         );
+        true
     }
 
     /// Routes an owner-bound request: served now, held, or refused.
@@ -424,6 +440,18 @@ impl<H: Clone> Router<H> {
                 self.refuse_msg(from.clone(), msg, PeerError::NotOwner, hint, out);
                 false
             }
+            Ownership::Full => {
+                self.refuse_room(from.clone(), msg, out);
+                false
+            }
+        }
+    }
+
+    /// Refuses a request for a room this router did not create because it is at its room
+    /// limit (counted once per request that gets an answer).
+    fn refuse_room(&mut self, from: NodeId, msg: &PeerMsg, out: &mut Vec<Action<H>>) {
+        if self.refuse_msg(from, msg, PeerError::RoomLimit, None, out) {
+            self.stats.rooms_refused += 1;
         }
     }
 
@@ -981,6 +1009,21 @@ impl<H: Clone> Router<H> {
         let limits = self.cfg.history;
         let owned = match p.found {
             Some(s) => OwnedRoom::from_state(s, &limits),
+            None if self.at_room_limit() => {
+                // Nobody had it: the room would be new, and this router is full.
+                for (to, epoch, seq) in p.confirms {
+                    let ack = HandoffAck {
+                        room: room.clone(),
+                        epoch,
+                        seq,
+                    };
+                    self.send(to, PeerMsg::HandoffAck(ack), out);
+                }
+                for (from, msg) in p.queued {
+                    self.refuse_room(from, &msg, out);
+                }
+                return;
+            }
             None => {
                 self.stats.fresh_epochs += 1;
                 tracing::info!(

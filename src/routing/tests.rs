@@ -45,6 +45,7 @@ fn cfg() -> RouterConfig {
         },
         request_timeout_us: 5_000_000,
         presence_max: 1000,
+        max_rooms: usize::MAX,
         // The scenarios below predate replication and script exact message flows; they run
         // unreplicated. Replication has its own scenarios (`replicated_cfg`).
         replicas: 0,
@@ -2819,4 +2820,193 @@ fn a_lost_presence_leave_and_a_restarted_member_leave_no_ghost() {
     }
     s.settle();
     assert_eq!(s.presence_of("b", 92, &r), vec!["b/20"]);
+}
+
+// ---------------------------------------------------------------- room limit (max_rooms)
+
+fn limited_cfg(max_rooms: usize) -> RouterConfig {
+    RouterConfig {
+        max_rooms,
+        ..cfg()
+    }
+}
+
+fn is_room_limit(r: &Reply) -> bool {
+    matches!(r, Reply::Error { code: ErrorCode::RoomLimit, .. })
+}
+
+fn history(s: &mut Sim, at: &str, conn: H, r: &RoomId) {
+    s.input(
+        at,
+        Input::History {
+            handle: conn,
+            room: r.clone(),
+            since: 0,
+            limit: 10,
+            req: ReqId::NONE,
+        },
+    );
+}
+
+#[test]
+fn a_full_router_refuses_new_rooms_and_keeps_serving_its_own() {
+    let mut s = Sim::with_cfg(&["a"], limited_cfg(2));
+    let (r1, r2, r3) = (room("r1"), room("r2"), room("r3"));
+    // Reading a room that does not exist works while there is room: empty, seq 0.
+    history(&mut s, "a", 9, &r1);
+    assert!(
+        matches!(&s.replies(9)[..], [Reply::History { seq: 0, messages, .. }] if messages.is_empty())
+    );
+    s.publish("a", 9, &r1, "1");
+    s.publish("a", 9, &r2, "1");
+    assert_eq!(published(&s.replies(9)), vec![1, 1]);
+    assert_eq!(s.nodes[&node("a")].owned_rooms(), 2);
+    // Join, publish, history and presence of a third room: refused, not created.
+    s.join("a", 1, &r3, None);
+    assert!(matches!(&s.take(1)[..], [Got::Reply(r), Got::JoinFailed] if is_room_limit(r)));
+    s.publish("a", 2, &r3, "1");
+    history(&mut s, "a", 2, &r3);
+    s.input(
+        "a",
+        Input::Presence {
+            handle: 2,
+            room: r3.clone(),
+            req: ReqId::NONE,
+        },
+    );
+    let replies = s.replies(2);
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    assert!(replies.iter().all(is_room_limit), "{replies:?}");
+    assert_eq!(s.nodes[&node("a")].owned_rooms(), 2);
+    assert_eq!(s.nodes[&node("a")].stats().rooms_refused, 4);
+    assert_eq!(s.nodes[&node("a")].stats().fresh_epochs, 2);
+    // The existing rooms keep working: join, publish, history.
+    s.join("a", 3, &r1, None);
+    assert_eq!(joined_seq(&s.replies(3)[0]), (1, None));
+    s.publish("a", 9, &r1, "2");
+    assert_eq!(published(&s.replies(9)), vec![2]);
+    assert_eq!(s.events(3), vec![2]);
+    history(&mut s, "a", 9, &r2);
+    assert!(matches!(&s.replies(9)[..], [Reply::History { seq: 1, .. }]));
+    // Once r2 is dropped (no subscriber, history expired), there is room for r3.
+    s.now_us += 61_000_000;
+    s.input("a", Input::Tick);
+    assert_eq!(s.nodes[&node("a")].owned_rooms(), 1, "r1 has a subscriber");
+    s.publish("a", 2, &r3, "1");
+    assert_eq!(published(&s.replies(2)), vec![1]);
+}
+
+#[test]
+fn a_member_answers_room_limit_when_the_owner_is_full() {
+    let nodes = ["a", "b"];
+    let mut s = Sim::with_cfg(&nodes, limited_cfg(1));
+    let r1 = room_owned_by("a", &nodes);
+    let r2 = (0..)
+        .map(|i| room(&format!("other-{i}")))
+        .find(|r| s.nodes[&node("a")].owner_of(r).as_str() == "a")
+        .unwrap();
+    s.publish("b", 9, &r1, "1");
+    s.settle();
+    assert_eq!(published(&s.replies(9)), vec![1]);
+    // Shortly after a view change the owner asks the other nodes for a new room's state
+    // first; nobody has it and it is full: refused.
+    s.join("b", 1, &r2, None);
+    s.publish("b", 2, &r2, "1");
+    s.settle();
+    let got = s.take(1);
+    assert!(matches!(&got[..], [Got::Reply(r), Got::JoinFailed] if is_room_limit(r)), "{got:?}");
+    let got = s.replies(2);
+    assert!(matches!(&got[..], [r] if is_room_limit(r)), "{got:?}");
+    // Long after it, the owner decides at once.
+    s.now_us += 40_000_000;
+    s.join("b", 3, &r1, None);
+    history(&mut s, "b", 4, &r2);
+    s.settle();
+    assert_eq!(joined_seq(&s.replies(3)[0]), (1, None));
+    let got = s.replies(4);
+    assert!(matches!(&got[..], [r] if is_room_limit(r)), "{got:?}");
+    assert_eq!(s.nodes[&node("a")].stats().rooms_refused, 3);
+    assert_eq!(s.nodes[&node("a")].owned_rooms(), 1);
+}
+
+#[test]
+fn rooms_handed_to_a_full_router_are_taken_and_served() {
+    let mut s = Sim::new(&["a", "b"]);
+    let all = ["a", "b", "d"];
+    // Two rooms d will own once it joins, created before it does.
+    let mine: Vec<RoomId> = (0..)
+        .map(|i| room(&format!("room-{i}")))
+        .filter(|r| {
+            let m: Vec<NodeId> = all.iter().map(|s| node(s)).collect();
+            hash::owner(r, &m).unwrap().as_str() == "d"
+        })
+        .take(2)
+        .collect();
+    for r in &mine {
+        s.join("a", 1, r, None);
+        s.publish("b", 9, r, "1");
+    }
+    s.settle();
+    s.take(1);
+    s.take(9);
+    // d may create one room: it takes both moved rooms all the same.
+    s.nodes
+        .insert(node("d"), Router::new(node("d"), limited_cfg(1)));
+    s.set_members(&all, &all);
+    s.settle();
+    assert_eq!(s.nodes[&node("d")].owned_rooms(), 2);
+    for r in &mine {
+        s.publish("b", 9, r, "2");
+    }
+    s.settle();
+    assert_eq!(published(&s.replies(9)), vec![2, 2], "same epochs, next seq");
+    assert_eq!(s.events(1), vec![2, 2]);
+    // A new room of d's is refused: d is past its limit.
+    let new = (0..)
+        .map(|i| room(&format!("new-{i}")))
+        .find(|r| s.nodes[&node("a")].owner_of(r).as_str() == "d")
+        .unwrap();
+    s.publish("a", 2, &new, "1");
+    s.settle();
+    let got = s.replies(2);
+    assert!(matches!(&got[..], [r] if is_room_limit(r)), "{got:?}");
+    assert_eq!(s.nodes[&node("d")].stats().fresh_epochs, 0);
+}
+
+#[test]
+fn a_full_router_promotes_its_replica_copies() {
+    let nodes = ["a", "b", "c"];
+    let cfg = RouterConfig {
+        replicas: 1,
+        max_rooms: 1,
+        ..cfg()
+    };
+    let mut s = Sim::with_cfg(&nodes, cfg);
+    let r1 = room_ranked("a", "b", &nodes);
+    let r2 = room_ranked("b", "c", &nodes);
+    s.join("c", 1, &r1, None);
+    s.publish("c", 9, &r1, "1");
+    s.publish("c", 9, &r2, "1");
+    s.settle();
+    assert_eq!(published(&s.replies(9)), vec![1, 1]);
+    assert_eq!(s.nodes[&node("b")].owned_rooms(), 1);
+    s.take(1);
+    s.kill("a");
+    s.set_members(&["b", "c"], &["b", "c"]);
+    s.settle();
+    // b is at its limit, yet takes a's room over from its copy, in the same epoch.
+    assert_eq!(s.nodes[&node("b")].stats().promotions, 1);
+    assert_eq!(s.nodes[&node("b")].owned_rooms(), 2);
+    s.publish("c", 9, &r1, "2");
+    s.settle();
+    assert_eq!(published(&s.replies(9)), vec![2]);
+    assert_eq!(s.events(1), vec![2]);
+    let new = (0..)
+        .map(|i| room(&format!("new-{i}")))
+        .find(|r| s.nodes[&node("c")].owner_of(r).as_str() == "b")
+        .unwrap();
+    s.publish("c", 2, &new, "1");
+    s.settle();
+    let got = s.replies(2);
+    assert!(matches!(&got[..], [r] if is_room_limit(r)), "{got:?}");
 }

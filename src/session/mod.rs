@@ -74,6 +74,91 @@ impl Bucket {
     }
 }
 
+/// How many of the rooms a connection addressed last are remembered as not new (besides the
+/// rooms it has joined): addressing one of them again costs nothing from
+/// `max_new_rooms_per_minute`.
+const RECENT_ROOMS: usize = 256;
+
+/// The rooms a connection addressed most recently, at most `cap`; the least recently
+/// addressed is forgotten first (an LRU: a map of last-use stamps and a log of uses, stale
+/// log entries skipped on eviction and compacted away when the log grows).
+#[derive(Debug)]
+struct RecentRooms {
+    cap: usize,
+    stamp: u64,
+    at: HashMap<RoomId, u64>,
+    order: VecDeque<(RoomId, u64)>,
+}
+
+impl RecentRooms {
+    fn new(cap: usize) -> RecentRooms {
+        RecentRooms {
+            cap,
+            stamp: 0,
+            at: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn contains(&self, room: &RoomId) -> bool {
+        self.at.contains_key(room)
+    }
+
+    /// Marks `room` as addressed now.
+    fn touch(&mut self, room: &RoomId) {
+        self.stamp += 1;
+        let stamp = self.stamp;
+        self.at.insert(room.clone(), stamp);
+        self.order.push_back((room.clone(), stamp));
+        while self.at.len() > self.cap {
+            let Some((r, s)) = self.order.pop_front() else {
+                break;
+            };
+            if self.at.get(&r) == Some(&s) {
+                self.at.remove(&r);
+            }
+        }
+        if self.order.len() > 4 * self.cap {
+            let at = &self.at;
+            self.order.retain(|(r, s)| at.get(r) == Some(s));
+        }
+    }
+}
+
+/// A connection's budget for addressing rooms it has not addressed recently
+/// (`max_new_rooms_per_minute`): each new name costs a token; joined rooms and the
+/// [`RECENT_ROOMS`] most recently addressed ones are free. It bounds the rooms a connection
+/// can make nodes create (each request to a room that does not exist creates it).
+#[derive(Debug)]
+struct NewRooms {
+    /// `None`: unlimited.
+    bucket: Option<Bucket>,
+    recent: RecentRooms,
+}
+
+impl NewRooms {
+    fn new(per_minute: u32, recent: usize) -> NewRooms {
+        let per_minute = f64::from(per_minute);
+        NewRooms {
+            bucket: (per_minute > 0.0).then(|| Bucket::new(per_minute / 60.0, per_minute)),
+            recent: RecentRooms::new(recent),
+        }
+    }
+
+    /// Whether the connection may address `room` now (`joined`: it has joined it, or is
+    /// joining). A refused room is not remembered.
+    fn admit(&mut self, room: &RoomId, joined: bool, now: Instant) -> bool {
+        let Some(bucket) = &mut self.bucket else {
+            return true;
+        };
+        if !joined && !self.recent.contains(room) && !bucket.take(now) {
+            return false;
+        }
+        self.recent.touch(room);
+        true
+    }
+}
+
 /// Invalid requests a connection may send in a burst, and per second after that, before it is
 /// closed with 1008.
 const ERROR_BURST: f64 = 100.0;
@@ -111,6 +196,8 @@ pub struct Session {
     /// refreshing does not pile up timers).
     expiry: Option<actix::SpawnHandle>,
     publish_bucket: Bucket,
+    /// Budget for addressing rooms not addressed recently (`max_new_rooms_per_minute`).
+    new_rooms: NewRooms,
     error_bucket: Bucket,
     last_seen: Instant,
     /// The server began closing: requests are ignored, the actor stops when the client answers
@@ -159,6 +246,7 @@ impl Session {
         let id = ConnId::next();
         let name = ConnName::new(&node.node_id, id);
         let publish_bucket = Bucket::new(f64::from(cfg.publish_rate), f64::from(cfg.publish_burst));
+        let cfg_new_rooms = cfg.max_new_rooms_per_minute;
         let identity = match cfg.auth {
             AuthMode::Required => Identity::Unauthenticated,
             AuthMode::Off | AuthMode::Optional => Identity::Anonymous,
@@ -177,6 +265,7 @@ impl Session {
                 room_tokens: HashMap::new(),
                 expiry: None,
                 publish_bucket,
+                new_rooms: NewRooms::new(cfg_new_rooms, RECENT_ROOMS),
                 error_bucket: Bucket::new(ERROR_RATE, ERROR_BURST),
                 last_seen: Instant::now(),
                 closing: false,
@@ -270,6 +359,27 @@ impl Session {
                 self.resume_out = Some((room, Instant::now()));
             }
         }
+    }
+
+    /// Charges addressing `room` to the connection's new-room budget; when it is spent,
+    /// answers `rate_limited` (not an error of the client's: no error budget) and returns
+    /// false — the request is not sent to the room.
+    fn admit_room(&mut self, id: &ReqId, room: &RoomId) -> bool {
+        let joined = self.rooms.contains(room);
+        if self.new_rooms.admit(room, joined, Instant::now()) {
+            return true;
+        }
+        m::protocol_error(ErrorCode::RateLimited);
+        m::rooms_refused("connection_rate", 1);
+        let max = self.node.config.max_new_rooms_per_minute;
+        self.reply(
+            id,
+            &Reply::error(
+                ErrorCode::RateLimited,
+                format!("too many new rooms: at most {max} per minute per connection"),
+            ),
+        );
+        false
     }
 
     /// Replies with an error caused by the client, and closes the connection if it keeps
@@ -610,6 +720,10 @@ impl Session {
                     self.room_tokens.remove(&room);
                     return;
                 }
+                if !self.admit_room(&id, &room) {
+                    self.room_tokens.remove(&room);
+                    return;
+                }
                 self.rooms.insert(room.clone());
                 let presence = JoinPresence {
                     entry: presence.then(|| self.presence_entry()),
@@ -688,6 +802,9 @@ impl Session {
                         ),
                     );
                 }
+                if !self.admit_room(&id, &room) {
+                    return;
+                }
                 let user = match &self.identity {
                     Identity::User { id, .. } => Some(id.clone()),
                     _ => None,
@@ -709,7 +826,9 @@ impl Session {
                 }
             }
             Op::Presence { room } => {
-                if !self.check_right(ctx, &id, &room, Right::Presence) {
+                if !self.check_right(ctx, &id, &room, Right::Presence)
+                    || !self.admit_room(&id, &room)
+                {
                     return;
                 }
                 let input = Input::Presence {
@@ -725,7 +844,9 @@ impl Session {
                 }
             }
             Op::History { room, since, limit } => {
-                if !self.check_right(ctx, &id, &room, Right::History) {
+                if !self.check_right(ctx, &id, &room, Right::History)
+                    || !self.admit_room(&id, &room)
+                {
                     return;
                 }
                 let cap = self.node.config.history_max_messages as u64;
@@ -917,5 +1038,57 @@ mod tests {
         for _ in 0..1000 {
             assert!(unlimited.take(t0));
         }
+    }
+
+    fn room(s: &str) -> RoomId {
+        RoomId::new(s).unwrap()
+    }
+
+    #[test]
+    fn new_rooms_cost_a_token_and_recent_or_joined_ones_are_free() {
+        let t0 = Instant::now();
+        let mut b = NewRooms::new(3, 4);
+        for r in ["a", "b", "c"] {
+            assert!(b.admit(&room(r), false, t0), "{r}");
+        }
+        // The budget is spent: a fourth name is refused (and not remembered)...
+        assert!(!b.admit(&room("d"), false, t0));
+        assert!(!b.admit(&room("d"), false, t0));
+        // ...while the first three, and a joined room, stay free.
+        for r in ["a", "b", "c", "a"] {
+            assert!(b.admit(&room(r), false, t0), "{r}");
+        }
+        assert!(b.admit(&room("joined"), true, t0));
+        // 3 per minute: one token back after 20 s.
+        assert!(b.admit(&room("d"), false, t0 + Duration::from_secs(20)));
+        assert!(!b.admit(&room("e"), false, t0 + Duration::from_secs(20)));
+        // At most 4 are remembered: "b", addressed least recently, was forgotten ("a" and "c"
+        // were touched after it; "joined" and "d" are newer), so it costs a token again.
+        let t1 = t0 + Duration::from_secs(120);
+        assert!(b.admit(&room("b"), false, t1));
+        assert!(b.admit(&room("x"), false, t1));
+        assert!(b.admit(&room("y"), false, t1));
+        assert!(!b.admit(&room("z"), false, t1));
+        // Unlimited: everything passes.
+        let mut u = NewRooms::new(0, 4);
+        for i in 0..1000 {
+            assert!(u.admit(&room(&format!("r{i}")), false, t0));
+        }
+    }
+
+    #[test]
+    fn recent_rooms_forget_the_least_recently_addressed() {
+        let mut r = RecentRooms::new(2);
+        r.touch(&room("a"));
+        r.touch(&room("b"));
+        r.touch(&room("a"));
+        r.touch(&room("c"));
+        assert!(r.contains(&room("a")) && r.contains(&room("c")) && !r.contains(&room("b")));
+        // Touching one room again and again keeps the log bounded.
+        for _ in 0..100 {
+            r.touch(&room("a"));
+        }
+        assert!(r.order.len() <= 8, "{}", r.order.len());
+        assert!(r.contains(&room("a")) && r.contains(&room("c")));
     }
 }

@@ -778,3 +778,114 @@ async fn resuming_many_full_rooms_at_once_is_paced_not_cut() {
         0.0
     );
 }
+
+/// Reads an SSE response from `addr` for `path` until its body contains `needle` (or 5 s).
+async fn sse_until(addr: std::net::SocketAddr, path: &str, needle: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn a_full_node_refuses_new_rooms_with_room_limit_and_keeps_its_rooms() {
+    let node = Node::start(&["--max-rooms", "4", "--shards", "1"]);
+    let mut c = node.connect().await;
+    // Reading a room that does not exist works while the node has room.
+    let h = c
+        .request(json!({"op":"history","room":"r0","since":0}))
+        .await;
+    assert_eq!((h["ok"].clone(), h["seq"].clone()), (json!(true), json!(0)), "{h}");
+    assert_eq!(h["messages"], json!([]));
+    for i in 0..4 {
+        assert_eq!(c.publish(&format!("r{i}"), json!(i)).await, 1);
+    }
+    // A fifth room: join, publish, history and presence are refused, nothing is created.
+    for req in [
+        json!({"op":"join","room":"r4"}),
+        json!({"op":"publish","room":"r4","data":1}),
+        json!({"op":"history","room":"r4","since":0}),
+        json!({"op":"presence","room":"r4"}),
+    ] {
+        let r = c.request(req.clone()).await;
+        assert_eq!(r["ok"], false, "{req}: {r}");
+        assert_eq!(r["error"]["code"], "room_limit", "{req}: {r}");
+    }
+    // The connection is not closed for it, and the four rooms keep working.
+    let mut sub = node.connect().await;
+    for i in 0..4 {
+        let room = format!("r{i}");
+        assert_eq!(sub.join(&room).await["seq"], 1);
+        assert_eq!(c.publish(&room, json!("again")).await, 2);
+        assert_eq!(sub.next_event().await["seq"], 2);
+        let h = c
+            .request(json!({"op":"history","room":room,"since":0}))
+            .await;
+        assert_eq!(h["seq"], 2, "{h}");
+    }
+    // An SSE stream for a new room gets the join's error as a named event.
+    let body = sse_until(node.http, "/sse?rooms=r5", "room_limit").await;
+    assert!(body.contains("event: error"), "{body}");
+    assert!(body.contains("room_limit"), "{body}");
+    node.wait_metric("roomcast_rooms_refused_total{reason=\"node_full\"}", |v| {
+        v >= 5.0
+    })
+    .await;
+    node.wait_metric("roomcast_rooms", |v| v == 4.0).await;
+}
+
+#[tokio::test]
+async fn new_rooms_per_connection_are_rate_limited() {
+    let node = Node::start(&["--max-new-rooms-per-minute", "3"]);
+    let mut c = node.connect().await;
+    c.join("a").await;
+    c.publish("b", json!(1)).await;
+    let h = c
+        .request(json!({"op":"history","room":"c","since":0}))
+        .await;
+    assert_eq!(h["ok"], true, "{h}");
+    // A fourth new name: refused, and not sent to the room.
+    let r = c
+        .request(json!({"op":"publish","room":"d","data":1}))
+        .await;
+    assert_eq!(r["error"]["code"], "rate_limited", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many new rooms: at most 3 per minute per connection"),
+        "{r}"
+    );
+    let r = c.request(json!({"op":"join","room":"e"})).await;
+    assert_eq!(r["error"]["code"], "rate_limited", "{r}");
+    // The rooms it addressed already are free.
+    assert_eq!(c.publish("a", json!(2)).await, 1);
+    assert_eq!(c.publish("c", json!(1)).await, 1);
+    let h = c
+        .request(json!({"op":"history","room":"b","since":0}))
+        .await;
+    assert_eq!(h["seq"], 1, "{h}");
+    let p = c.request(json!({"op":"presence","room":"a"})).await;
+    assert_eq!(p["ok"], true, "{p}");
+    // Another connection has its own budget; "d" was never created.
+    let mut other = node.connect().await;
+    let h = other
+        .request(json!({"op":"history","room":"d","since":0}))
+        .await;
+    assert_eq!(h["seq"], 0, "{h}");
+    node.wait_metric(
+        "roomcast_rooms_refused_total{reason=\"connection_rate\"}",
+        |v| v >= 2.0,
+    )
+    .await;
+}

@@ -10,6 +10,7 @@ export type RoomcastErrorCode =
   | "unauthorized"
   | "unavailable"
   | "internal"
+  | "room_limit"
   | "timeout"
   | "closed"
   | "connect_timeout"

@@ -805,7 +805,11 @@ async fn a_full_node_refuses_new_rooms_with_room_limit_and_keeps_its_rooms() {
     let h = c
         .request(json!({"op":"history","room":"r0","since":0}))
         .await;
-    assert_eq!((h["ok"].clone(), h["seq"].clone()), (json!(true), json!(0)), "{h}");
+    assert_eq!(
+        (h["ok"].clone(), h["seq"].clone()),
+        (json!(true), json!(0)),
+        "{h}"
+    );
     assert_eq!(h["messages"], json!([]));
     for i in 0..4 {
         assert_eq!(c.publish(&format!("r{i}"), json!(i)).await, 1);
@@ -855,9 +859,7 @@ async fn new_rooms_per_connection_are_rate_limited() {
         .await;
     assert_eq!(h["ok"], true, "{h}");
     // A fourth new name: refused, and not sent to the room.
-    let r = c
-        .request(json!({"op":"publish","room":"d","data":1}))
-        .await;
+    let r = c.request(json!({"op":"publish","room":"d","data":1})).await;
     assert_eq!(r["error"]["code"], "rate_limited", "{r}");
     assert!(
         r["error"]["message"]

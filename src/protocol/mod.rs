@@ -28,7 +28,8 @@ pub enum ErrorCode {
     BadRequest,
     /// `data` larger than the configured limit.
     TooLarge,
-    /// The connection's publish rate limit is exhausted.
+    /// The connection's publish rate limit, or its budget of new rooms per minute, is
+    /// exhausted.
     RateLimited,
     /// Not allowed: the connection's token grants no such right in the room, or a limit of
     /// the connection is reached.

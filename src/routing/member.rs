@@ -178,12 +178,7 @@ fn room_limit(room: &RoomId) -> Reply {
 
 /// Answers a join that will not complete with `reply` (`unavailable` unless the room was
 /// refused), and the connection forgets the room.
-fn fail_join<H: Clone>(
-    j: PendingJoin<H>,
-    room: &RoomId,
-    reply: Reply,
-    out: &mut Vec<Action<H>>,
-) {
+fn fail_join<H: Clone>(j: PendingJoin<H>, room: &RoomId, reply: Reply, out: &mut Vec<Action<H>>) {
     out.push(Action::Reply {
         to: j.handle.clone(),
         req: j.req,
@@ -951,7 +946,9 @@ impl<H: Clone> Router<H> {
                 } else if !moving {
                     unavailable("the room's owner node is overloaded; retry")
                 } else if publish {
-                    unavailable("the room's owner is changing; the publish was not sequenced; retry")
+                    unavailable(
+                        "the room's owner is changing; the publish was not sequenced; retry",
+                    )
                 } else {
                     unavailable("the room's owner is changing; retry")
                 };

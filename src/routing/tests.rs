@@ -2825,14 +2825,17 @@ fn a_lost_presence_leave_and_a_restarted_member_leave_no_ghost() {
 // ---------------------------------------------------------------- room limit (max_rooms)
 
 fn limited_cfg(max_rooms: usize) -> RouterConfig {
-    RouterConfig {
-        max_rooms,
-        ..cfg()
-    }
+    RouterConfig { max_rooms, ..cfg() }
 }
 
 fn is_room_limit(r: &Reply) -> bool {
-    matches!(r, Reply::Error { code: ErrorCode::RoomLimit, .. })
+    matches!(
+        r,
+        Reply::Error {
+            code: ErrorCode::RoomLimit,
+            ..
+        }
+    )
 }
 
 fn history(s: &mut Sim, at: &str, conn: H, r: &RoomId) {
@@ -2914,7 +2917,10 @@ fn a_member_answers_room_limit_when_the_owner_is_full() {
     s.publish("b", 2, &r2, "1");
     s.settle();
     let got = s.take(1);
-    assert!(matches!(&got[..], [Got::Reply(r), Got::JoinFailed] if is_room_limit(r)), "{got:?}");
+    assert!(
+        matches!(&got[..], [Got::Reply(r), Got::JoinFailed] if is_room_limit(r)),
+        "{got:?}"
+    );
     let got = s.replies(2);
     assert!(matches!(&got[..], [r] if is_room_limit(r)), "{got:?}");
     // Long after it, the owner decides at once.
@@ -2959,7 +2965,11 @@ fn rooms_handed_to_a_full_router_are_taken_and_served() {
         s.publish("b", 9, r, "2");
     }
     s.settle();
-    assert_eq!(published(&s.replies(9)), vec![2, 2], "same epochs, next seq");
+    assert_eq!(
+        published(&s.replies(9)),
+        vec![2, 2],
+        "same epochs, next seq"
+    );
     assert_eq!(s.events(1), vec![2, 2]);
     // A new room of d's is refused: d is past its limit.
     let new = (0..)

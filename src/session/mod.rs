@@ -2,10 +2,11 @@
 //!
 //! The actor owns the socket's read half (it reads and decodes client frames itself, through
 //! [`Reader`]; it is created on the worker thread that accepted the connection), validates each
-//! request, enforces per-connection limits (rooms joined, publish rate, error budget,
-//! heartbeat) and hands room work to the room shards. Everything outbound goes through the
-//! connection's [`Outbox`], drained by the writer task ([`writer::run`]) that owns the write
-//! half, which keeps frames in order and bounds what a slow client can cost.
+//! request, enforces per-connection limits (rooms joined, publish rate, new rooms addressed per
+//! minute, error budget, heartbeat) and hands room work to the room shards. Everything
+//! outbound goes through the connection's [`Outbox`], drained by the writer task
+//! ([`writer::run`]) that owns the write half, which keeps frames in order and bounds what a
+//! slow client can cost.
 //!
 //! A connection ends for exactly one [`CloseReason`], sent as the WebSocket close code and
 //! reason text, and counted. Closing: when the client sends a close frame, the writer answers

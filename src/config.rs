@@ -66,6 +66,11 @@ pub struct Config {
     pub cluster_secret_file: Option<PathBuf>,
     /// Allow a non-loopback cluster address without a secret.
     pub insecure: bool,
+    /// With a cluster secret: encrypt internode frames (ChaCha20-Poly1305) as well as
+    /// authenticate them (`true`), or only authenticate them (`false`: sent in clear with a
+    /// Poly1305 tag). Every node must have the same value. No effect without a secret (frames
+    /// are then in clear and unauthenticated).
+    pub internode_encryption: bool,
     /// Gossip interval of the membership protocol.
     #[serde(with = "humantime_serde")]
     pub gossip_interval: Duration,
@@ -174,6 +179,7 @@ impl Default for Config {
             cluster_id: "roomcast".to_string(),
             cluster_secret_file: None,
             insecure: false,
+            internode_encryption: true,
             gossip_interval: Duration::from_millis(300),
             failure_timeout: Duration::from_secs(5),
             max_frame_bytes: 1024 * 1024,
@@ -350,6 +356,10 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
+    /// With a cluster secret: encrypt internode frames (true) or only authenticate them (false); same on every node [default: true].
+    #[arg(long, value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internode_encryption: Option<bool>,
     /// Gossip interval, e.g. 300ms [default: 300ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(
@@ -1024,6 +1034,25 @@ mod tests {
             &[("SERVICE_HOST", "10.0.0.1"), ("PORT", "tcp://x")],
         );
         assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
+    fn internode_encryption_defaults_on_and_can_be_turned_off_by_each_layer() {
+        assert!(
+            load(ServeArgs::default(), &[])
+                .unwrap()
+                .internode_encryption
+        );
+        let c = load(ServeArgs::default(), &[("INTERNODE_ENCRYPTION", "false")]).unwrap();
+        assert!(!c.internode_encryption);
+        let args = ServeArgs {
+            internode_encryption: Some(true),
+            ..Default::default()
+        };
+        let c = load(args, &[("INTERNODE_ENCRYPTION", "false")]).unwrap();
+        assert!(c.internode_encryption, "the flag wins");
+        let e = load(ServeArgs::default(), &[("INTERNODE_ENCRYPTION", "maybe")]).unwrap_err();
+        assert!(e.to_string().contains("internode_encryption"), "{e}");
     }
 
     #[test]

@@ -185,6 +185,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 cluster_id: config.cluster_id.clone(),
                 advertise: cluster_addr.clone(),
                 secret,
+                encryption: config.internode_encryption,
             },
             tokio::runtime::Handle::current(),
         );

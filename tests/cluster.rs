@@ -559,6 +559,7 @@ mod fake_peer {
             generation: 1,
             cluster_addr: "127.0.0.1:1".into(),
             nonce: [7; codec::NONCE_LEN],
+            encryption: true,
         };
         f.send(codec::encode(&h).unwrap()).await.unwrap();
         let reply = codec::decode(&f.next().await.unwrap().unwrap()).unwrap();

@@ -1,21 +1,30 @@
 //! The internode wire format: preamble, length-delimited frames, bincode payloads with limits,
-//! and the handshake proofs. (docs/ARCHITECTURE.md, "Internode protocol", is the reference.)
+//! the handshake proofs and session keys, and the sealed frame writer of a link.
+//! (docs/ARCHITECTURE.md, "Internode protocol", is the reference.)
 //!
 //! ```text
-//! connection := preamble(client→server) preamble(server→client) frame*
+//! connection := preamble(client→server) preamble(server→client) handshake* sealed*
 //! preamble   := "RCST" version:u16be reserved:u16be          (8 bytes)
-//! frame      := length:u32be payload[length]                  (tokio-util LengthDelimitedCodec)
+//! handshake  := length:u32be payload[length]                 (Hello, Challenge, Proof, Accept)
+//! sealed     := length:u32be payload ‖ tag[16]               with a cluster secret (seal.rs):
+//!                                                             payload encrypted by default, or
+//!                                                             in clear with
+//!                                                             internode_encryption = false
+//!             | length:u32be payload[length]                 without a secret: in clear
 //! payload    := bincode-2(standard, varint, limit) of one `Frame`, no trailing bytes
 //! ```
 //!
 //! Frames are at most [`HANDSHAKE_MAX_FRAME`] bytes until the handshake succeeds (an
-//! unauthenticated peer can never make us allocate more), then [`MAX_FRAME`]. Decoding uses
-//! bincode's byte limit, so a forged length inside a payload fails without allocating. bincode
-//! is reached only through this module, so it can be swapped (RUSTSEC-2025-0141 marks it
-//! unmaintained).
+//! unauthenticated peer can never make us allocate more), then [`MAX_FRAME`] (plus the tag).
+//! Decoding uses bincode's byte limit, so a forged length inside a payload fails without
+//! allocating. bincode is reached only through this module, so it can be swapped
+//! (RUSTSEC-2025-0141 marks it unmaintained).
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use super::seal::{self, SealError, Sealer};
 
 use crate::cluster::ClusterSecret;
 use crate::cluster::secret::TAG_LEN;
@@ -28,14 +37,18 @@ pub const MAGIC: [u8; 4] = *b"RCST";
 /// answers queries for a room in transit (issue 8).
 /// 3: replication (issue 10). 4: `HandoffOffer` (a replica offers a room whose owner restarted),
 /// `Control` frames, `user` on `Publish`, `epoch` on `PublishAck` (issue 11).
-/// 5 also carries `PeerError::RoomLimit` in `Refused` (an owner at `max_rooms` did not create
-/// the room; issue 13) — part of version 5, whose bump lands with the other v5 changes.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: with a secret, every frame after the handshake is sealed (ChaCha20-Poly1305, `seal.rs`);
+/// `Hello` and `Challenge` carry the `internode_encryption` mode; `Refused` may carry
+/// `PeerError::RoomLimit` (an owner at `max_rooms` did not create the room) (issue 13).
+pub const PROTOCOL_VERSION: u16 = 5;
 pub const PREAMBLE_LEN: usize = 8;
 /// Frame limit during the handshake.
 pub const HANDSHAKE_MAX_FRAME: usize = 4 * 1024;
-/// Frame limit after the handshake (history replies are the largest messages).
+/// Payload limit after the handshake (history replies are the largest messages). A sealed
+/// frame on the wire is at most this plus [`seal::TAG_LEN`].
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+/// Frame limit on the wire after the handshake.
+pub const MAX_WIRE_FRAME: usize = MAX_FRAME + seal::TAG_LEN;
 /// bincode's decode limit: the same as the frame limit.
 const DECODE_LIMIT: usize = MAX_FRAME;
 
@@ -59,6 +72,8 @@ pub enum Frame {
         /// Where this node's cluster port is reachable (for replies before gossip tells).
         cluster_addr: String,
         nonce: [u8; NONCE_LEN],
+        /// This node's `internode_encryption` (with a secret, both ends must agree).
+        encryption: bool,
     },
     /// Server → client: who I am, my nonce, and (with a secret) proof that I know it.
     Challenge {
@@ -66,6 +81,8 @@ pub enum Frame {
         generation: u64,
         nonce: [u8; NONCE_LEN],
         proof: Option<[u8; TAG_LEN]>,
+        /// This node's `internode_encryption`.
+        encryption: bool,
     },
     /// Client → server: proof that I know the secret.
     Proof { proof: Option<[u8; TAG_LEN]> },
@@ -125,6 +142,97 @@ pub fn encode(frame: &Frame) -> Result<Bytes, String> {
     bincode::serde::encode_to_vec(frame, BINCODE)
         .map(Bytes::from)
         .map_err(|e| e.to_string())
+}
+
+/// Lets bincode write straight into a frame buffer.
+struct BufWriter<'a>(&'a mut BytesMut);
+
+impl bincode::enc::write::Writer for BufWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// Encodes a frame's payload at the end of `dst` (on error `dst` may hold part of it).
+pub fn encode_into(frame: &Frame, dst: &mut BytesMut) -> Result<(), String> {
+    bincode::serde::encode_into_writer(frame, BufWriter(dst), BINCODE).map_err(|e| e.to_string())
+}
+
+/// Why a link could not write a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// This message cannot be encoded (dropped; the link goes on).
+    #[error("cannot encode a message: {0}")]
+    Encode(String),
+    /// This message is over the frame limit (dropped; the link goes on).
+    #[error("a message of {0} bytes is over the frame limit")]
+    TooLarge(usize),
+    /// The link must end (its frame counter is exhausted).
+    #[error("{0}")]
+    Seal(#[from] SealError),
+}
+
+/// The codec of a link after the handshake: frames are encoded straight into the connection's
+/// write buffer (no buffer per frame), behind their length, and sealed in place when the
+/// handshake produced keys. Reading is plain length-delimited framing (the server never writes
+/// after the handshake; anything read is its close).
+pub struct LinkCodec {
+    frames: LengthDelimitedCodec,
+    sealer: Option<Sealer>,
+    /// Bytes the last encoded frame occupies on the wire (length prefix included).
+    pub last_len: usize,
+}
+
+impl LinkCodec {
+    /// `frames` is the handshake's codec; `sealer` seals every frame (with a secret).
+    pub fn new(frames: LengthDelimitedCodec, sealer: Option<Sealer>) -> LinkCodec {
+        LinkCodec {
+            frames,
+            sealer,
+            last_len: 0,
+        }
+    }
+}
+
+impl Encoder<Frame> for LinkCodec {
+    type Error = WriteError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), WriteError> {
+        let start = dst.len();
+        dst.put_u32(0);
+        if let Err(e) = encode_into(&frame, dst) {
+            dst.truncate(start);
+            return Err(WriteError::Encode(e));
+        }
+        let payload = dst.len() - start - 4;
+        if payload > MAX_FRAME {
+            dst.truncate(start);
+            return Err(WriteError::TooLarge(payload));
+        }
+        if let Some(s) = &mut self.sealer
+            && let Err(e) = s.seal(dst, start + 4)
+        {
+            dst.truncate(start);
+            return Err(e.into());
+        }
+        let len = dst.len() - start;
+        dst[start..start + 4].copy_from_slice(&((len - 4) as u32).to_be_bytes());
+        self.last_len = len;
+        Ok(())
+    }
+}
+
+impl Decoder for LinkCodec {
+    type Item = BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, std::io::Error> {
+        self.frames.decode(src)
+    }
 }
 
 /// Decodes a frame's payload; trailing bytes are an error.
@@ -196,6 +304,33 @@ pub fn client_proof(
     )
 }
 
+/// The two keys of a connection: (client → server, server → client). Each binds the secret,
+/// the cluster, both node ids, both nonces and the mode, under a domain per direction, so the
+/// two directions, two connections and the two modes never share a key (seal.rs).
+pub fn session_keys(
+    secret: &ClusterSecret,
+    encrypt: bool,
+    cluster_id: &str,
+    client: &NodeId,
+    server: &NodeId,
+    client_nonce: &[u8],
+    server_nonce: &[u8],
+) -> ([u8; seal::KEY_LEN], [u8; seal::KEY_LEN]) {
+    let mode: &[u8] = if encrypt { b"encrypt" } else { b"authenticate" };
+    let parts = [
+        cluster_id.as_bytes(),
+        client.as_str().as_bytes(),
+        server.as_str().as_bytes(),
+        client_nonce,
+        server_nonce,
+        mode,
+    ];
+    (
+        secret.tag(b"roomcast-internode-key-c2s-v1", &parts),
+        secret.tag(b"roomcast-internode-key-s2c-v1", &parts),
+    )
+}
+
 /// Verifies a proof in constant time.
 pub fn proof_ok(expected: &[u8; TAG_LEN], got: &[u8; TAG_LEN]) -> bool {
     let mut diff = 0u8;
@@ -220,6 +355,14 @@ mod tests {
                 generation: 7,
                 cluster_addr: "127.0.0.1:7946".into(),
                 nonce: [3; NONCE_LEN],
+                encryption: true,
+            },
+            Frame::Challenge {
+                node_id: NodeId::new("n2").unwrap(),
+                generation: 8,
+                nonce: [4; NONCE_LEN],
+                proof: Some([5; TAG_LEN]),
+                encryption: false,
             },
             Frame::Accept,
             Frame::Msg(PeerMsg::Event(Event {
@@ -233,6 +376,48 @@ mod tests {
         for f in frames {
             let b = encode(&f).unwrap();
             assert_eq!(decode(&b).unwrap(), f);
+        }
+    }
+
+    #[test]
+    fn the_link_codec_writes_frames_that_the_reader_opens_in_order() {
+        use crate::internode::seal::SessionKeys;
+        let keys = SessionKeys {
+            send: [5; 32],
+            recv: [6; 32],
+            encrypt: true,
+        };
+        let theirs = SessionKeys {
+            send: [6; 32],
+            recv: [5; 32],
+            encrypt: true,
+        };
+        let frames: Vec<Frame> = (0..3)
+            .map(|i| Frame::Reject {
+                reason: format!("frame {i}"),
+            })
+            .collect();
+        for sealed in [false, true] {
+            let mut w = LinkCodec::new(LengthDelimitedCodec::new(), sealed.then(|| keys.sealer()));
+            let mut buf = BytesMut::from(&b"already queued"[..]);
+            let mut lens = 0;
+            for f in &frames {
+                w.encode(f.clone(), &mut buf).unwrap();
+                lens += w.last_len;
+            }
+            assert_eq!(buf.len(), 14 + lens);
+            let mut wire = buf.split_off(14);
+            let mut r = crate::internode::length_codec(MAX_WIRE_FRAME);
+            let mut opener = sealed.then(|| theirs.opener());
+            for f in &frames {
+                let mut b = r.decode(&mut wire).unwrap().unwrap();
+                let payload: &[u8] = match &mut opener {
+                    Some(o) => o.open(&mut b).unwrap(),
+                    None => &b,
+                };
+                assert_eq!(&decode(payload).unwrap(), f);
+            }
+            assert!(wire.is_empty());
         }
     }
 

@@ -1,24 +1,34 @@
 //! The internode handshake as two pure state machines: frames in, frames out, a verdict at the
 //! end. No sockets, no clock, no randomness (the nonce is given), so every path — wrong
-//! cluster, a node claiming our own id, a missing or wrong secret on either side, frames out of
-//! order — is tested without a network (`tests` below), and the I/O code in `link.rs` and
-//! `inbound.rs` only moves frames and enforces the timeout and frame-size limits.
+//! cluster, a node claiming our own id, a missing or wrong secret on either side, another
+//! encryption mode, frames out of order — is tested without a network (`tests` below), and the
+//! I/O code in `link.rs` and `inbound.rs` only moves frames and enforces the timeout and
+//! frame-size limits.
 //!
 //! ```text
 //! client                                   server
-//!   Hello{cluster, node, gen, addr, nc} ─►   checks cluster id and that node ≠ server
-//!   ◄─ Challenge{node, gen, ns, proof_s}     proof_s = HMAC(secret, "server", cluster, c, s, nc, ns)
+//!   Hello{cluster, node, gen, addr, nc, enc} ─►  checks cluster id, node ≠ server, and (with a
+//!                                                secret) enc = its own internode_encryption
+//!   ◄─ Challenge{node, gen, ns, proof_s, enc}    proof_s = HMAC(secret, "server", cluster, c, s, nc, ns)
 //!   checks node = the peer it dialled,
-//!   checks proof_s (with a secret)
-//!   Proof{proof_c} ─►                        proof_c = HMAC(secret, "client", cluster, c, s, ns, nc)
-//!   ◄─ Accept                                checks proof_c
+//!   checks proof_s and enc (with a secret)
+//!   Proof{proof_c} ─►                            proof_c = HMAC(secret, "client", cluster, c, s, ns, nc)
+//!   ◄─ Accept                                    checks proof_c
 //! ```
+//!
+//! With a secret, both sides then derive the session keys (`codec::session_keys`: HMAC of the
+//! secret, cluster, both ids, both nonces and the mode, one domain per direction) and return
+//! them with the peer's identity ([`PeerInfo::keys`]); every later frame is sealed with them
+//! (`seal.rs`). The mode is part of the key derivation too, so even a mode mismatch that
+//! slipped through would fail the first frame's tag instead of being misread. Without a secret
+//! there are no keys (frames stay in clear) and the mode is not compared.
 //!
 //! Either side answers a failure with `Reject { reason }` where the protocol lets it, and the
 //! server counts every refusal in `roomcast_internode_rejected_total{reason}`.
 
 use super::InternodeConfig;
 use super::codec::{self, Frame, NONCE_LEN};
+use super::seal::SessionKeys;
 use crate::ids::NodeId;
 
 /// Why a handshake failed: the `roomcast_internode_rejected_total` reason (the client counts
@@ -56,6 +66,43 @@ pub struct PeerInfo {
     pub generation: u64,
     /// The cluster address the client advertised (server side only).
     pub cluster_addr: Option<String>,
+    /// The connection's keys, from this side's point of view (with a secret only).
+    pub keys: Option<SessionKeys>,
+}
+
+/// Both directions' keys of a connection, as seen by the client (`client_side`) or the server.
+fn keys(
+    cfg: &InternodeConfig,
+    client_side: bool,
+    client: &NodeId,
+    server: &NodeId,
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+) -> Option<SessionKeys> {
+    let secret = cfg.secret.as_ref()?;
+    let (c2s, s2c) = codec::session_keys(
+        secret,
+        cfg.encryption,
+        &cfg.cluster_id,
+        client,
+        server,
+        client_nonce,
+        server_nonce,
+    );
+    let (send, recv) = if client_side { (c2s, s2c) } else { (s2c, c2s) };
+    Some(SessionKeys {
+        send,
+        recv,
+        encrypt: cfg.encryption,
+    })
+}
+
+fn mode(encrypt: bool) -> &'static str {
+    if encrypt {
+        "internode_encryption = true"
+    } else {
+        "internode_encryption = false"
+    }
 }
 
 /// What the client does next.
@@ -90,6 +137,7 @@ impl Client {
             generation: cfg.generation,
             cluster_addr: cfg.advertise.clone(),
             nonce,
+            encryption: cfg.encryption,
         };
         let c = Client {
             cfg,
@@ -112,6 +160,7 @@ impl Client {
                     generation,
                     nonce,
                     proof,
+                    encryption,
                 },
             ) => {
                 if node_id != self.expect {
@@ -154,10 +203,22 @@ impl Client {
                         return Err(fail(Some("bad_secret"), "the peer requires a secret"));
                     }
                 };
+                if cfg.secret.is_some() && encryption != cfg.encryption {
+                    return Err(fail(
+                        Some("encryption_mismatch"),
+                        format!(
+                            "the peer has {}, this node {}: set internode_encryption alike on every node",
+                            mode(encryption),
+                            mode(cfg.encryption)
+                        ),
+                    ));
+                }
+                let keys = keys(cfg, true, &cfg.me, &node_id, &self.nonce, &nonce);
                 self.state = ClientState::AwaitAccept(PeerInfo {
                     node: node_id,
                     generation,
                     cluster_addr: None,
+                    keys,
                 });
                 Ok(ClientStep::Send(Frame::Proof { proof: my_proof }))
             }
@@ -213,6 +274,7 @@ impl Server {
                     generation,
                     cluster_addr,
                     nonce: their_nonce,
+                    encryption,
                 },
             ) => {
                 if cluster_id != cfg.cluster_id {
@@ -227,6 +289,16 @@ impl Server {
                         "self",
                         client.to_string(),
                         "same node id as the server",
+                    ));
+                }
+                if cfg.secret.is_some() && encryption != cfg.encryption {
+                    return Err(reject(
+                        "encryption_mismatch",
+                        format!("{client} has {}", mode(encryption)),
+                        &format!(
+                            "internode_encryption differs: this node has {}",
+                            mode(cfg.encryption)
+                        ),
                     ));
                 }
                 let proof = cfg.secret.as_ref().map(|s| {
@@ -244,12 +316,14 @@ impl Server {
                     generation: cfg.generation,
                     nonce: self.nonce,
                     proof,
+                    encryption: cfg.encryption,
                 };
                 self.state = ServerState::AwaitProof {
                     peer: PeerInfo {
                         node: client,
                         generation,
                         cluster_addr: Some(cluster_addr),
+                        keys: None,
                     },
                     their_nonce,
                 };
@@ -260,7 +334,13 @@ impl Server {
                 Some("bad_secret"),
                 format!("client refused us: {reason}"),
             )),
-            (ServerState::AwaitProof { peer, their_nonce }, Frame::Proof { proof }) => {
+            (
+                ServerState::AwaitProof {
+                    mut peer,
+                    their_nonce,
+                },
+                Frame::Proof { proof },
+            ) => {
                 let ok = match (&cfg.secret, proof) {
                     (Some(s), Some(p)) => codec::proof_ok(
                         &codec::client_proof(
@@ -283,6 +363,7 @@ impl Server {
                         "authentication failed",
                     ));
                 }
+                peer.keys = keys(cfg, false, &peer.node, &cfg.me, &their_nonce, &self.nonce);
                 Ok(ServerStep::Accepted(Frame::Accept, peer))
             }
             (ServerState::AwaitProof { .. }, _) => {
@@ -320,7 +401,13 @@ mod tests {
             cluster_id: cluster.into(),
             advertise: format!("{me}:9000"),
             secret: secret.map(|s| ClusterSecret::from_bytes(s.as_bytes())),
+            encryption: true,
         }
+    }
+
+    fn with_encryption(mut c: InternodeConfig, encryption: bool) -> InternodeConfig {
+        c.encryption = encryption;
+        c
     }
 
     /// Runs a whole handshake between the two machines; returns each side's outcome.
@@ -329,8 +416,18 @@ mod tests {
         dial: &str,
         server: InternodeConfig,
     ) -> (Result<PeerInfo, Failure>, Result<PeerInfo, Failure>) {
-        let (mut c, hello) = Client::start(client, NodeId::new(dial).unwrap(), [1; NONCE_LEN]);
-        let mut s = Server::new(server, [2; NONCE_LEN]);
+        run_with_nonces(client, dial, server, [1; NONCE_LEN], [2; NONCE_LEN])
+    }
+
+    fn run_with_nonces(
+        client: InternodeConfig,
+        dial: &str,
+        server: InternodeConfig,
+        client_nonce: [u8; NONCE_LEN],
+        server_nonce: [u8; NONCE_LEN],
+    ) -> (Result<PeerInfo, Failure>, Result<PeerInfo, Failure>) {
+        let (mut c, hello) = Client::start(client, NodeId::new(dial).unwrap(), client_nonce);
+        let mut s = Server::new(server, server_nonce);
         let challenge = match s.on_frame(hello) {
             Ok(ServerStep::Send(f)) => f,
             Ok(other) => panic!("{other:?}"),
@@ -430,6 +527,129 @@ mod tests {
                 reason: "authentication failed".into()
             })
         );
+    }
+
+    #[test]
+    fn both_sides_derive_the_same_keys_one_per_direction_and_session() {
+        let secret = Some("s3cret-s3cret-s3cret");
+        for encryption in [true, false] {
+            let (c, s) = run(
+                with_encryption(cfg("a", "k", secret), encryption),
+                "b",
+                with_encryption(cfg("b", "k", secret), encryption),
+            );
+            let ck = c.unwrap().keys.expect("client keys");
+            let sk = s.unwrap().keys.expect("server keys");
+            assert_eq!(ck.encrypt, encryption);
+            assert_eq!(sk.encrypt, encryption);
+            // What one side seals, the other opens.
+            assert_eq!(ck.send, sk.recv);
+            assert_eq!(ck.recv, sk.send);
+            // One key per direction.
+            assert_ne!(ck.send, ck.recv);
+            // A frame sealed by the client opens on the server, and not with the other key.
+            let mut b = bytes::BytesMut::from(&b"payload"[..]);
+            ck.sealer().seal(&mut b, 0).unwrap();
+            assert_eq!(sk.opener().open(&mut b.clone()).unwrap(), b"payload");
+            assert!(ck.opener().open(&mut b.clone()).is_err());
+        }
+        // Another session (other nonces, either side's) has other keys.
+        let base = run(cfg("a", "k", secret), "b", cfg("b", "k", secret))
+            .0
+            .unwrap()
+            .keys
+            .unwrap();
+        for (nc, ns) in [
+            ([3; NONCE_LEN], [2; NONCE_LEN]),
+            ([1; NONCE_LEN], [4; NONCE_LEN]),
+        ] {
+            let (c, s) = run_with_nonces(cfg("a", "k", secret), "b", cfg("b", "k", secret), nc, ns);
+            let (ck, sk) = (c.unwrap().keys.unwrap(), s.unwrap().keys.unwrap());
+            assert_eq!(ck.send, sk.recv);
+            assert_ne!(ck.send, base.send);
+            assert_ne!(ck.recv, base.recv);
+        }
+        // The modes derive different keys from the same session.
+        let auth = run(
+            with_encryption(cfg("a", "k", secret), false),
+            "b",
+            with_encryption(cfg("b", "k", secret), false),
+        )
+        .0
+        .unwrap()
+        .keys
+        .unwrap();
+        assert_ne!(auth.send, base.send);
+        // Another secret, another cluster id: other keys.
+        let other = run(
+            cfg("a", "k", Some("another-another-another")),
+            "b",
+            cfg("b", "k", Some("another-another-another")),
+        )
+        .0
+        .unwrap()
+        .keys
+        .unwrap();
+        assert_ne!(other.send, base.send);
+        let other = run(cfg("a", "k2", secret), "b", cfg("b", "k2", secret))
+            .0
+            .unwrap()
+            .keys
+            .unwrap();
+        assert_ne!(other.send, base.send);
+    }
+
+    #[test]
+    fn without_a_secret_there_are_no_keys_and_the_mode_is_not_compared() {
+        let (c, s) = run(
+            with_encryption(cfg("a", "k", None), true),
+            "b",
+            with_encryption(cfg("b", "k", None), false),
+        );
+        assert_eq!(c.unwrap().keys, None);
+        assert_eq!(s.unwrap().keys, None);
+    }
+
+    #[test]
+    fn an_encryption_mode_mismatch_fails_the_handshake_with_a_reason() {
+        let secret = Some("s3cret-s3cret-s3cret");
+        for (client, server) in [(true, false), (false, true)] {
+            let (c, s) = run(
+                with_encryption(cfg("a", "k", secret), client),
+                "b",
+                with_encryption(cfg("b", "k", secret), server),
+            );
+            // The server refuses the Hello, counts it and tells the client why.
+            assert_eq!(reason(&s), Some("encryption_mismatch"));
+            let told = c.unwrap_err().detail;
+            assert!(told.contains("internode_encryption differs"), "{told}");
+        }
+        // A server that (wrongly) answered anyway is caught by the client.
+        let (mut c, _) = Client::start(
+            with_encryption(cfg("a", "k", secret), true),
+            NodeId::new("b").unwrap(),
+            [1; NONCE_LEN],
+        );
+        let s = ClusterSecret::from_bytes(b"s3cret-s3cret-s3cret");
+        let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+        let e = c
+            .on_frame(Frame::Challenge {
+                node_id: b.clone(),
+                generation: 1,
+                nonce: [2; NONCE_LEN],
+                proof: Some(codec::server_proof(
+                    &s,
+                    "k",
+                    &a,
+                    &b,
+                    &[1; NONCE_LEN],
+                    &[2; NONCE_LEN],
+                )),
+                encryption: false,
+            })
+            .unwrap_err();
+        assert_eq!(e.reason, Some("encryption_mismatch"));
+        assert!(e.detail.contains("internode_encryption"), "{}", e.detail);
     }
 
     #[test]

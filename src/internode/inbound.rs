@@ -1,6 +1,11 @@
 //! The inbound side: the listener, the server handshake (the I/O around
 //! [`super::handshake::Server`]), and the reading loop that validates each message and hands
 //! the shards everything one read brought, in one queue entry per shard.
+//!
+//! With a cluster secret each frame is opened in place (`seal.rs`: its tag checked against the
+//! next counter of the connection's client-to-server key, and decrypted) before it is decoded;
+//! a frame that fails ends the connection (`reason="frame_auth"`). What came before it in the
+//! same read was authentic and is still delivered, in order.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -13,6 +18,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::codec::{self, Frame};
 use super::handshake::{self, ServerStep};
+use super::seal::SessionKeys;
 use super::{HANDSHAKE_TIMEOUT, Peers, READ_BATCH, length_codec};
 use crate::ids::NodeId;
 use crate::metrics as m;
@@ -49,7 +55,7 @@ struct Refused(&'static str, String);
 async fn inbound(stream: TcpStream, from: SocketAddr, peers: Peers, conn_id: u64) {
     let _ = stream.set_nodelay(true);
     let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(stream, &peers)).await;
-    let (framed, peer, generation, addr) = match hs {
+    let (framed, peer, generation, addr, keys) = match hs {
         Ok(Ok(x)) => x,
         Ok(Err(Refused(reason, detail))) => {
             m::internode_rejected(reason);
@@ -95,13 +101,14 @@ async fn inbound(stream: TcpStream, from: SocketAddr, peers: Peers, conn_id: u64
     // per shard per read, not one per message (`Shards::send_peer_batch`).
     let mut chunks = framed.ready_chunks(READ_BATCH);
     let mut msgs: Vec<PeerMsg> = Vec::with_capacity(READ_BATCH);
+    let mut opener = keys.map(|k| k.opener());
     let reason: Option<&'static str> = 'read: loop {
         let Some(chunk) = chunks.next().await else {
             break None;
         };
         let mut why = None;
         for item in chunk {
-            let bytes = match item {
+            let mut bytes = match item {
                 Ok(b) => b,
                 // The codec reports an over-limit length prefix as InvalidData.
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -115,7 +122,18 @@ async fn inbound(stream: TcpStream, from: SocketAddr, peers: Peers, conn_id: u64
             };
             in_msgs.increment(1);
             in_bytes.increment(bytes.len() as u64 + 4);
-            match codec::decode(&bytes) {
+            let payload: &[u8] = match &mut opener {
+                None => &bytes,
+                Some(o) => match o.open(&mut bytes) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "frame from peer failed authentication");
+                        why = Some(Some("frame_auth"));
+                        break;
+                    }
+                },
+            };
+            match codec::decode(payload) {
                 Ok(Frame::Msg(msg)) => {
                     if let Err(w) = validate(&msg) {
                         tracing::warn!(%peer, why = w, "invalid message from peer");
@@ -203,11 +221,18 @@ fn validate(msg: &PeerMsg) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// What an accepted handshake gives: the connection, the peer, its generation and cluster
+/// address, and the keys (with a secret).
+type Accepted = (
+    Framed<TcpStream, LengthDelimitedCodec>,
+    NodeId,
+    u64,
+    String,
+    Option<SessionKeys>,
+);
+
 /// Server side of the handshake: the I/O around [`handshake::Server`].
-async fn accept_handshake(
-    mut stream: TcpStream,
-    peers: &Peers,
-) -> Result<(Framed<TcpStream, LengthDelimitedCodec>, NodeId, u64, String), Refused> {
+async fn accept_handshake(mut stream: TcpStream, peers: &Peers) -> Result<Accepted, Refused> {
     let cfg = &peers.inner.cfg;
     let io = |e: std::io::Error| Refused("handshake_io", e.to_string());
     let mut p = [0u8; codec::PREAMBLE_LEN];
@@ -246,9 +271,11 @@ async fn accept_handshake(
             Ok(ServerStep::Accepted(f, peer)) => {
                 let b = codec::encode(&f).map_err(|e| Refused("decode", e))?;
                 framed.send(b).await.map_err(io)?;
-                framed.codec_mut().set_max_frame_length(codec::MAX_FRAME);
+                framed
+                    .codec_mut()
+                    .set_max_frame_length(codec::MAX_WIRE_FRAME);
                 let addr = peer.cluster_addr.unwrap_or_default();
-                return Ok((framed, peer.node, peer.generation, addr));
+                return Ok((framed, peer.node, peer.generation, addr, peer.keys));
             }
             Err(e) => {
                 if let Some(reply) = &e.reply

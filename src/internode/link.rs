@@ -1,6 +1,10 @@
 //! The outbound side of one peer: a task that connects, runs the client handshake
 //! ([`super::handshake::Client`]), then writes the peer's queued messages in batches until the
 //! connection breaks or the queue overflows — then resets and starts again.
+//!
+//! Frames are encoded straight into the connection's write buffer by [`codec::LinkCodec`],
+//! which seals each one in place with the handshake's keys when there is a cluster secret
+//! (`seal.rs`); a batch (`recv_many`) is fed, then flushed once.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -12,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::codec::{self, Frame};
+use super::codec::{self, Frame, LinkCodec, WriteError};
 use super::handshake::{self, ClientStep};
 use super::{
     BACKOFF_MAX, BACKOFF_MIN, HANDSHAKE_TIMEOUT, PEER_QUEUE_BYTES, Peers, WRITE_BATCH, length_codec,
@@ -145,28 +149,34 @@ pub(super) async fn run_link(peers: Peers, link: Arc<Link>, mut rx: mpsc::Receiv
                     if n == 0 {
                         return; // Link dropped.
                     }
-                    let mut failed = false;
+                    let mut failed = None;
+                    let (mut sent, mut bytes) = (0u64, 0u64);
                     for frame in batch.drain(..) {
                         link.bytes.fetch_sub(approx_size(&frame), Ordering::AcqRel);
-                        let payload = match codec::encode(&frame) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                tracing::error!(peer = %link.peer, error = %e, "cannot encode a message; dropped");
-                                continue;
+                        match framed.feed(frame).await {
+                            Ok(()) => {
+                                sent += 1;
+                                bytes += framed.codec().last_len as u64;
                             }
-                        };
-                        if payload.len() > codec::MAX_FRAME {
-                            tracing::error!(peer = %link.peer, len = payload.len(), "message over the frame limit; dropped");
-                            continue;
-                        }
-                        out_msgs.increment(1);
-                        out_bytes.increment(payload.len() as u64 + 4);
-                        if framed.feed(payload).await.is_err() {
-                            failed = true;
-                            break;
+                            Err(e @ (WriteError::Encode(_) | WriteError::TooLarge(_))) => {
+                                tracing::error!(peer = %link.peer, error = %e, "message dropped");
+                            }
+                            Err(WriteError::Seal(_)) => {
+                                failed = Some("frame counter exhausted");
+                                break;
+                            }
+                            Err(WriteError::Io(_)) => {
+                                failed = Some("write failed");
+                                break;
+                            }
                         }
                     }
-                    if failed || SinkExt::<bytes::Bytes>::flush(&mut framed).await.is_err() {
+                    out_msgs.increment(sent);
+                    out_bytes.increment(bytes);
+                    if let Some(why) = failed {
+                        break why;
+                    }
+                    if SinkExt::<Frame>::flush(&mut framed).await.is_err() {
                         break "write failed";
                     }
                 }
@@ -187,12 +197,13 @@ fn discard(link: &Link, rx: &mut mpsc::Receiver<Frame>) {
     link.overflow.store(false, Ordering::Release);
 }
 
-/// Client side of the handshake: the I/O around [`handshake::Client`].
+/// Client side of the handshake: the I/O around [`handshake::Client`]. Returns the connection
+/// ready for messages, sealed with the handshake's keys when there are any.
 async fn connect(
     peers: &Peers,
     link: &Link,
     addr: &str,
-) -> Result<Framed<TcpStream, LengthDelimitedCodec>, LinkError> {
+) -> Result<Framed<TcpStream, LinkCodec>, LinkError> {
     let cfg = &peers.inner.cfg;
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -203,11 +214,11 @@ async fn connect(
     let mut framed = Framed::new(stream, length_codec(codec::HANDSHAKE_MAX_FRAME));
     let (mut hs, hello) = handshake::Client::start(cfg.clone(), link.peer.clone(), codec::nonce());
     send_frame(&mut framed, &hello).await?;
-    loop {
+    let peer = loop {
         let frame = recv_frame(&mut framed).await?;
         match hs.on_frame(frame) {
             Ok(ClientStep::Send(f)) => send_frame(&mut framed, &f).await?,
-            Ok(ClientStep::Done(_)) => break,
+            Ok(ClientStep::Done(peer)) => break peer,
             Err(e) => {
                 if let Some(r) = e.reason {
                     m::internode_rejected(r);
@@ -215,9 +226,12 @@ async fn connect(
                 return Err(LinkError::Handshake(format!("{} (at {addr})", e.detail)));
             }
         }
-    }
-    framed.codec_mut().set_max_frame_length(codec::MAX_FRAME);
-    Ok(framed)
+    };
+    framed
+        .codec_mut()
+        .set_max_frame_length(codec::MAX_WIRE_FRAME);
+    let sealer = peer.keys.as_ref().map(|k| k.sealer());
+    Ok(framed.map_codec(|frames| LinkCodec::new(frames, sealer)))
 }
 
 async fn send_frame(

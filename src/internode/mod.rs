@@ -12,18 +12,25 @@
 //! history; requests in flight fail as `unavailable`). A link is never allowed to grow without
 //! bound, and a loss is never silent.
 //!
-//! Files: `handshake.rs` (the handshake as pure state machines, unit-tested), `link.rs` (the
-//! outbound link task of each peer), `inbound.rs` (the listener and the reading side),
+//! Files: `handshake.rs` (the handshake as pure state machines, unit-tested; it derives the
+//! session keys), `seal.rs` (ChaCha20-Poly1305 on every frame after the handshake), `link.rs`
+//! (the outbound link task of each peer), `inbound.rs` (the listener and the reading side),
 //! `codec.rs` (the wire format). This module holds the registry of links ([`Peers`]).
 //!
-//! Hostile input: a connection with the wrong magic, version, cluster id or secret, garbage,
-//! an oversized frame or an unknown message is closed and counted in
-//! `roomcast_internode_rejected_total{reason}`; nothing else is affected.
+//! With a cluster secret every frame after the handshake is authenticated, and by default
+//! encrypted, with per-connection, per-direction keys and implicit counter nonces (`seal.rs`):
+//! an injected, altered, replayed, reordered or dropped frame ends the connection. Without a
+//! secret (loopback, `--insecure`) frames are in clear and unauthenticated.
+//!
+//! Hostile input: a connection with the wrong magic, version, cluster id, secret or encryption
+//! mode, garbage, an oversized frame, a frame whose tag fails or an unknown message is closed
+//! and counted in `roomcast_internode_rejected_total{reason}`; nothing else is affected.
 
 pub mod codec;
 pub mod handshake;
 mod inbound;
 mod link;
+pub mod seal;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -65,6 +72,9 @@ pub struct InternodeConfig {
     /// This node's advertised cluster address, sent in the handshake.
     pub advertise: String,
     pub secret: Option<ClusterSecret>,
+    /// With a secret: encrypt frames after the handshake (true) or only authenticate them
+    /// (`internode_encryption`). Both ends must agree. Without a secret, frames are in clear.
+    pub encryption: bool,
 }
 
 /// The outbound side: one link per peer. Implements [`PeerSink`] for the room shards.

@@ -856,3 +856,74 @@ async fn a_rolling_restart_under_traffic_loses_no_acknowledged_message() {
     assert_no_loss(&r);
     assert!(r["reconnects"].as_u64().unwrap() > 0, "clients moved: {r}");
 }
+
+/// Issue 13: gossip datagrams carry a timestamp and a unique id inside their HMAC; a datagram
+/// stamped outside the ±30 s window is refused as stale, and one received twice as a replay,
+/// both counted, and the node stays a healthy member.
+#[tokio::test]
+async fn stale_and_replayed_gossip_datagrams_are_refused_and_counted() {
+    let dir = std::env::temp_dir().join(format!("rc-gossip-fresh-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let s = dir.join("s");
+    std::fs::write(&s, "shared-secret-for-the-gossip-test\n").unwrap();
+    let c = Cluster::start(2, &["--cluster-secret-file", s.to_str().unwrap()]).await;
+    let target = &c.nodes[0];
+    let secret = roomcast::cluster::ClusterSecret::from_file(&s).unwrap();
+    // envelope ‖ stamp:u64be (unix ms) ‖ id:u64be ‖ HMAC(secret, "roomcast-gossip-v2", ...)
+    let datagram = |stamp_ms: u64, id: u64| {
+        let mut d = b"not really a chitchat envelope".to_vec();
+        d.extend_from_slice(&stamp_ms.to_be_bytes());
+        d.extend_from_slice(&id.to_be_bytes());
+        let tag = secret.tag(b"roomcast-gossip-v2", &[&d]);
+        d.extend_from_slice(&tag);
+        d
+    };
+    let now_ms = roomcast::now_us() / 1000;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // Captured a minute ago, or stamped a minute ahead: stale.
+    udp.send_to(&datagram(now_ms - 60_000, 1), target.cluster)
+        .await
+        .unwrap();
+    udp.send_to(&datagram(now_ms + 60_000, 2), target.cluster)
+        .await
+        .unwrap();
+    target
+        .wait_metric(
+            "roomcast_internode_rejected_total{reason=\"gossip_stale\"}",
+            |v| v >= 2.0,
+        )
+        .await;
+    // Fresh and authentic: the first copy is accepted (chitchat then finds no envelope in
+    // it: gossip_garbage), the second is a replay.
+    let fresh = datagram(now_ms, 3);
+    udp.send_to(&fresh, target.cluster).await.unwrap();
+    target
+        .wait_metric(
+            "roomcast_internode_rejected_total{reason=\"gossip_garbage\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+    udp.send_to(&fresh, target.cluster).await.unwrap();
+    target
+        .wait_metric(
+            "roomcast_internode_rejected_total{reason=\"gossip_replay\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+    assert_eq!(
+        target
+            .metric("roomcast_internode_rejected_total{reason=\"gossip_auth\"}")
+            .await,
+        None,
+        "authentic datagrams are not counted as forged"
+    );
+    // Still one cluster that routes.
+    Cluster::wait_live_set(target, &c.ids()).await;
+    let room = c.room_owned_by(1, &c.ids(), "after-replay");
+    let mut sub = target.connect().await;
+    sub.join(&room).await;
+    let mut p = c.nodes[1].connect().await;
+    p.publish(&room, json!(1)).await;
+    assert_eq!(sub.next_event().await["data"], 1);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1,9 +1,12 @@
 //! The shared cluster secret and the HMAC-SHA256 tags made with it.
 //!
 //! One secret authenticates both channels between nodes: every gossip datagram carries a tag
-//! over its bytes (so a node with another secret never becomes a member), and every internode
-//! TCP connection starts with a challenge-response proof in both directions. Each use has its
-//! own domain prefix so a tag made for one purpose is never valid for another.
+//! over its bytes and a timestamp (so a node with another secret never becomes a member, and a
+//! captured datagram cannot be replayed later: `transport.rs`), and every internode TCP
+//! connection starts with a challenge-response proof in both directions, from which both ends
+//! derive the keys that authenticate (and by default encrypt) every later frame
+//! (`internode/seal.rs`). Each use has its own domain prefix so a tag made for one purpose is
+//! never valid for another.
 
 use std::path::Path;
 

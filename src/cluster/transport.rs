@@ -1,12 +1,36 @@
-//! Gossip over UDP, optionally authenticated: a chitchat `Transport` that appends an
-//! HMAC-SHA256 tag to every datagram and drops datagrams whose tag does not verify.
+//! Gossip over UDP, optionally authenticated: a chitchat `Transport` that appends a timestamp
+//! and an HMAC-SHA256 tag to every datagram and drops datagrams whose tag does not verify, that
+//! are stale, or that were already received.
 //!
-//! Datagram layout with a secret: `chitchat envelope ‖ tag`, where
-//! `tag = HMAC-SHA256(secret, "roomcast-gossip-v1" ‖ len ‖ envelope)` (32 bytes). Without a secret
-//! the datagram is chitchat's own format. Junk, truncated or unauthenticated datagrams are
-//! counted (`roomcast_internode_rejected_total{reason="gossip_auth"|"gossip_garbage"}`) and
-//! dropped; they never stop the gossip loop. Replays are harmless: chitchat's state is
-//! versioned and old versions are ignored.
+//! Datagram layout with a secret:
+//!
+//! ```text
+//! datagram := envelope ‖ stamp:u64be ‖ id:u64be ‖ tag[32]
+//! tag      := HMAC-SHA256(secret, "roomcast-gossip-v2" ‖ len ‖ envelope ‖ stamp ‖ id)
+//! ```
+//!
+//! `stamp` is the sender's wall clock in unix milliseconds, `id` a per-socket counter (random
+//! start) that makes every datagram's tag unique, even two identical envelopes sent in the
+//! same millisecond. Without a secret the datagram is chitchat's own format.
+//!
+//! Freshness (with a secret; [`Freshness`]): a datagram stamped more than [`WINDOW`] (30 s)
+//! before or after the receiver's clock is dropped (`reason="gossip_stale"`), so a captured
+//! datagram cannot be replayed later: **nodes need synchronised clocks** (NTP: a skew well
+//! under 30 s; a node whose clock is off by more sees every datagram refused and falls out of
+//! the cluster, loudly, in that counter). Within the window an exact replay is dropped
+//! (`reason="gossip_replay"`): the receiver keeps the tags of the datagrams it accepted in the
+//! last window, at most [`SEEN_MAX`] of them (16 bytes of each tag and its stamp: about 0.5 MiB
+//! with the set's overhead). Normal gossip stays far below that (a node receives about 9
+//! datagrams per gossip round: 2,700 per window at a 100 ms interval). Should the cache ever
+//! fill, the oldest entry is evicted and datagrams stamped at or before it are refused as
+//! stale from then on: the window shrinks rather than letting a replay through. A datagram
+//! captured on its way to one node and replayed to another within the window is accepted
+//! there once (its cache never saw it); chitchat's state is versioned, so an old state it
+//! carries is ignored.
+//!
+//! Junk, truncated or unauthenticated datagrams are counted
+//! (`roomcast_internode_rejected_total{reason="gossip_auth"|"gossip_garbage"}`) and dropped;
+//! they never stop the gossip loop.
 //!
 //! How: chitchat 0.13 keeps its envelope (de)serialisation private, so this transport lets
 //! chitchat's own `UdpSocket` do it on a private loopback socket and relays the bytes. To send,
@@ -17,7 +41,7 @@
 //! queues pair datagrams with their addresses, so the pairing survives chitchat cancelling
 //! `recv` (it does, every gossip tick).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -30,7 +54,15 @@ use tokio::time::Instant;
 use super::secret::{ClusterSecret, TAG_LEN};
 use crate::metrics as m;
 
-const DOMAIN: &[u8] = b"roomcast-gossip-v1";
+const DOMAIN: &[u8] = b"roomcast-gossip-v2";
+/// Bytes of the stamp and id before the tag.
+const STAMP_LEN: usize = 16;
+/// Bytes a secret adds to a datagram.
+const OVERHEAD: usize = STAMP_LEN + TAG_LEN;
+/// How far a datagram's stamp may be from the receiver's clock, either way.
+pub const WINDOW: Duration = Duration::from_secs(30);
+/// Tags of accepted datagrams remembered at most (replay detection within the window).
+pub const SEEN_MAX: usize = 8192;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_507;
 /// How long a relayed datagram may take to come back through loopback before it is given up
@@ -79,7 +111,9 @@ impl Transport for AuthUdpTransport {
             relay_addr,
             to_send: VecDeque::new(),
             received_from: VecDeque::new(),
-            buf: vec![0u8; MAX_DATAGRAM + TAG_LEN].into_boxed_slice(),
+            buf: vec![0u8; MAX_DATAGRAM + OVERHEAD].into_boxed_slice(),
+            next_id: first_id(),
+            fresh: Freshness::new(WINDOW, SEEN_MAX),
         }))
     }
 }
@@ -98,6 +132,121 @@ struct AuthUdpSocket {
     /// Real senders of datagrams forwarded to `inner`, in order, with when they were forwarded.
     received_from: VecDeque<(SocketAddr, usize, Instant)>,
     buf: Box<[u8]>,
+    /// The id of the next datagram sent.
+    next_id: u64,
+    /// Stale and replayed datagrams are refused.
+    fresh: Freshness,
+}
+
+/// A random start for datagram ids (a restarted node does not repeat its ids).
+fn first_id() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return crate::now_us();
+    }
+    u64::from_le_bytes(b)
+}
+
+fn now_ms() -> u64 {
+    crate::now_us() / 1000
+}
+
+/// Appends the stamp, id and tag to the envelope in `buf[..n]`; returns the datagram's length.
+/// `buf` must have room for [`OVERHEAD`] more bytes.
+fn seal_datagram(secret: &ClusterSecret, buf: &mut [u8], n: usize, stamp: u64, id: u64) -> usize {
+    buf[n..n + 8].copy_from_slice(&stamp.to_be_bytes());
+    buf[n + 8..n + STAMP_LEN].copy_from_slice(&id.to_be_bytes());
+    let body = n + STAMP_LEN;
+    let tag = secret.tag(DOMAIN, &[&buf[..body]]);
+    buf[body..body + TAG_LEN].copy_from_slice(&tag);
+    body + TAG_LEN
+}
+
+/// An authentic datagram: the envelope's length, its stamp, and the key it is remembered by.
+#[derive(Debug, PartialEq)]
+struct Opened {
+    envelope: usize,
+    stamp: u64,
+    key: [u8; 16],
+}
+
+/// Verifies a datagram's tag; `None` if it is too short or its tag does not verify.
+fn open_datagram(secret: &ClusterSecret, d: &[u8]) -> Option<Opened> {
+    let body = d.len().checked_sub(TAG_LEN)?;
+    let envelope = body.checked_sub(STAMP_LEN)?;
+    let tag = &d[body..];
+    if !secret.verify(DOMAIN, &[&d[..body]], tag) {
+        return None;
+    }
+    let mut stamp = [0u8; 8];
+    stamp.copy_from_slice(&d[envelope..envelope + 8]);
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&tag[..16]);
+    Some(Opened {
+        envelope,
+        stamp: u64::from_be_bytes(stamp),
+        key,
+    })
+}
+
+/// Why an authentic datagram was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Stamped outside the window (or before the floor, after the cache overflowed).
+    Stale,
+    /// Already accepted once.
+    Replay,
+}
+
+/// Remembers the datagrams accepted within the window, in bounded memory (module comment).
+struct Freshness {
+    window_ms: u64,
+    max: usize,
+    seen: HashSet<[u8; 16]>,
+    /// Remembered datagrams in arrival order, with their stamps.
+    order: VecDeque<(u64, [u8; 16])>,
+    /// Datagrams stamped at or before this are refused: it is the newest stamp evicted from a
+    /// full cache while still inside the window (0 until the cache ever fills).
+    floor: u64,
+}
+
+impl Freshness {
+    fn new(window: Duration, max: usize) -> Freshness {
+        Freshness {
+            window_ms: window.as_millis() as u64,
+            max,
+            seen: HashSet::with_capacity(64),
+            order: VecDeque::with_capacity(64),
+            floor: 0,
+        }
+    }
+
+    /// Accepts a datagram stamped `stamp` with `key` at `now` (unix ms), or says why not.
+    fn check(&mut self, now: u64, stamp: u64, key: [u8; 16]) -> Result<(), Refusal> {
+        let oldest = now.saturating_sub(self.window_ms);
+        if stamp < oldest || stamp > now.saturating_add(self.window_ms) || stamp <= self.floor {
+            return Err(Refusal::Stale);
+        }
+        while let Some(&(t, k)) = self.order.front() {
+            if t >= oldest {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&k);
+        }
+        if self.seen.contains(&key) {
+            return Err(Refusal::Replay);
+        }
+        if self.order.len() >= self.max
+            && let Some((t, k)) = self.order.pop_front()
+        {
+            self.seen.remove(&k);
+            self.floor = self.floor.max(t);
+        }
+        self.order.push_back((stamp, key));
+        self.seen.insert(key);
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -127,7 +276,7 @@ impl Socket for AuthUdpSocket {
                     return Ok(SendOutcome { num_bytes_sent: 0 });
                 }
             };
-            if from != self.inner_addr || n > MAX_DATAGRAM - TAG_LEN {
+            if from != self.inner_addr || n > MAX_DATAGRAM - OVERHEAD {
                 continue; // Not ours (another local process), or too big to tag.
             }
             let Some(dest) = self.to_send.pop_front() else {
@@ -135,9 +284,9 @@ impl Socket for AuthUdpSocket {
             };
             let len = match &self.secret {
                 Some(secret) => {
-                    let tag = secret.tag(DOMAIN, &[&self.buf[..n]]);
-                    self.buf[n..n + TAG_LEN].copy_from_slice(&tag);
-                    n + TAG_LEN
+                    let id = self.next_id;
+                    self.next_id = id.wrapping_add(1);
+                    seal_datagram(secret, &mut self.buf, n, now_ms(), id)
                 }
                 None => n,
             };
@@ -191,18 +340,24 @@ impl Socket for AuthUdpSocket {
             let body = match &self.secret {
                 None => n,
                 Some(secret) => {
-                    if n < TAG_LEN
-                        || !secret.verify(
-                            DOMAIN,
-                            &[&self.buf[..n - TAG_LEN]],
-                            &self.buf[n - TAG_LEN..n],
-                        )
-                    {
+                    let Some(d) = open_datagram(secret, &self.buf[..n]) else {
                         m::internode_rejected("gossip_auth");
                         tracing::debug!(%from, "gossip datagram without a valid tag dropped");
                         continue;
+                    };
+                    match self.fresh.check(now_ms(), d.stamp, d.key) {
+                        Ok(()) => d.envelope,
+                        Err(Refusal::Stale) => {
+                            m::internode_rejected("gossip_stale");
+                            tracing::debug!(%from, stamp = d.stamp, "stale gossip datagram dropped (clocks out of sync, or a replay)");
+                            continue;
+                        }
+                        Err(Refusal::Replay) => {
+                            m::internode_rejected("gossip_replay");
+                            tracing::debug!(%from, "replayed gossip datagram dropped");
+                            continue;
+                        }
                     }
-                    n - TAG_LEN
                 }
             };
             self.received_from.push_back((from, n, Instant::now()));
@@ -211,5 +366,90 @@ impl Socket for AuthUdpSocket {
                 tracing::debug!(error = %e, "gossip relay send failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn secret() -> ClusterSecret {
+        ClusterSecret::from_bytes(b"0123456789abcdef")
+    }
+
+    fn datagram(envelope: &[u8], stamp: u64, id: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; envelope.len() + OVERHEAD];
+        buf[..envelope.len()].copy_from_slice(envelope);
+        let n = seal_datagram(&secret(), &mut buf, envelope.len(), stamp, id);
+        assert_eq!(n, buf.len());
+        buf
+    }
+
+    #[test]
+    fn datagrams_open_with_the_secret_only_and_any_change_fails() {
+        let d = datagram(b"envelope", NOW, 7);
+        let o = open_datagram(&secret(), &d).unwrap();
+        assert_eq!((o.envelope, o.stamp), (8, NOW));
+        assert_eq!(&d[..o.envelope], b"envelope");
+        let other = ClusterSecret::from_bytes(b"fedcba9876543210");
+        assert_eq!(open_datagram(&other, &d), None);
+        for i in 0..d.len() {
+            let mut bad = d.clone();
+            bad[i] ^= 1;
+            assert_eq!(open_datagram(&secret(), &bad), None, "byte {i}");
+        }
+        for n in 0..d.len() {
+            assert_eq!(open_datagram(&secret(), &d[..n]), None, "{n} bytes");
+        }
+        // The same envelope in the same millisecond: another id, another tag.
+        let again = open_datagram(&secret(), &datagram(b"envelope", NOW, 8)).unwrap();
+        assert_ne!(again.key, o.key);
+    }
+
+    #[test]
+    fn stale_and_future_datagrams_are_refused() {
+        let mut f = Freshness::new(WINDOW, 100);
+        let w = WINDOW.as_millis() as u64;
+        let key = |i: u8| [i; 16];
+        assert_eq!(f.check(NOW, NOW - w - 1, key(1)), Err(Refusal::Stale));
+        assert_eq!(f.check(NOW, NOW + w + 1, key(2)), Err(Refusal::Stale));
+        assert_eq!(f.check(NOW, NOW - w, key(3)), Ok(()));
+        assert_eq!(f.check(NOW, NOW + w, key(4)), Ok(()));
+        assert_eq!(f.check(NOW, NOW, key(5)), Ok(()));
+    }
+
+    #[test]
+    fn a_replay_within_the_window_is_refused_and_later_it_is_stale() {
+        let mut f = Freshness::new(WINDOW, 100);
+        let w = WINDOW.as_millis() as u64;
+        assert_eq!(f.check(NOW, NOW, [1; 16]), Ok(()));
+        assert_eq!(f.check(NOW + 10, NOW, [1; 16]), Err(Refusal::Replay));
+        assert_eq!(f.check(NOW + w, NOW, [1; 16]), Err(Refusal::Replay));
+        // Past the window the entry is forgotten, and the datagram is stale anyway.
+        assert_eq!(f.check(NOW + w + 1, NOW, [1; 16]), Err(Refusal::Stale));
+        assert_eq!(f.check(NOW + w + 1, NOW + w + 1, [2; 16]), Ok(()));
+        assert_eq!(f.order.len(), 1, "expired entries are dropped");
+        assert_eq!(f.seen.len(), 1);
+    }
+
+    #[test]
+    fn memory_is_bounded_and_a_full_cache_shrinks_the_window_instead_of_admitting_replays() {
+        let mut f = Freshness::new(WINDOW, 4);
+        for i in 0..10u8 {
+            assert_eq!(f.check(NOW, NOW + i as u64, [i; 16]), Ok(()));
+            assert!(f.order.len() <= 4 && f.seen.len() <= 4);
+        }
+        // Entries 0..=5 were evicted: replaying them is refused as stale, not accepted.
+        for i in 0..6u8 {
+            assert_eq!(f.check(NOW, NOW + i as u64, [i; 16]), Err(Refusal::Stale));
+        }
+        // The remembered ones are replays.
+        for i in 6..10u8 {
+            assert_eq!(f.check(NOW, NOW + i as u64, [i; 16]), Err(Refusal::Replay));
+        }
+        // New datagrams still pass.
+        assert_eq!(f.check(NOW, NOW + 20, [20; 16]), Ok(()));
     }
 }

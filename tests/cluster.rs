@@ -489,6 +489,94 @@ async fn nodes_with_a_shared_secret_form_a_cluster_and_route() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Issue 13: with a secret, three nodes form a cluster and route across nodes whether frames
+/// are encrypted (the default) or only authenticated, and no frame fails its tag.
+#[tokio::test]
+async fn three_nodes_with_a_secret_route_in_both_internode_encryption_modes() {
+    let dir = std::env::temp_dir().join(format!("rc-secret-modes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let s = dir.join("s");
+    std::fs::write(&s, "shared-secret-for-the-modes-test\n").unwrap();
+    for mode in ["true", "false"] {
+        let c = Cluster::start(
+            3,
+            &[
+                "--cluster-secret-file",
+                s.to_str().unwrap(),
+                "--internode-encryption",
+                mode,
+                "--publish-rate",
+                "0",
+            ],
+        )
+        .await;
+        // Owned by node 1, published on node 0, subscribed on nodes 0 and 2.
+        let room = c.room_owned_by(1, &c.ids(), &format!("sealed-{mode}"));
+        let mut far = c.nodes[2].connect().await;
+        far.join(&room).await;
+        let mut near = c.nodes[0].connect().await;
+        near.join(&room).await;
+        let mut p = c.nodes[0].connect().await;
+        for i in 1..=20 {
+            p.publish(&room, json!({"i": i, "mode": mode})).await;
+        }
+        for sub in [&mut far, &mut near] {
+            let ev = sub.events(&room, 20).await;
+            assert_eq!(seqs(&ev), (1..=20).collect::<Vec<_>>(), "mode {mode}");
+            assert_eq!(ev[19]["data"]["i"], 20);
+        }
+        for n in &c.nodes {
+            assert!(
+                n.metric("roomcast_internode_messages_total{direction=\"in\"}")
+                    .await
+                    .unwrap_or(0.0)
+                    > 0.0
+            );
+            for reason in ["frame_auth", "encryption_mismatch", "bad_secret"] {
+                let series = format!("roomcast_internode_rejected_total{{reason=\"{reason}\"}}");
+                assert_eq!(n.metric(&series).await, None, "{reason} on {}", n.id);
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Issue 13: nodes that disagree on internode_encryption gossip (same secret) but refuse each
+/// other's internode connections with a clear reason, rather than garbling frames.
+#[tokio::test]
+async fn nodes_with_another_internode_encryption_mode_are_refused_at_the_handshake() {
+    let dir = std::env::temp_dir().join(format!("rc-secret-mismatch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let s = dir.join("s");
+    std::fs::write(&s, "shared-secret-for-the-mismatch-test\n").unwrap();
+    let secret = s.to_str().unwrap();
+    let mut c = Cluster {
+        nodes: Vec::new(),
+        common: FAST_GOSSIP.iter().map(|s| s.to_string()).collect(),
+    };
+    c.add(&["--cluster-secret-file", secret]);
+    c.add(&[
+        "--cluster-secret-file",
+        secret,
+        "--internode-encryption",
+        "false",
+    ]);
+    for n in &c.nodes {
+        n.wait_metric(
+            "roomcast_internode_rejected_total{reason=\"encryption_mismatch\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+    }
+    assert_eq!(
+        c.nodes[0]
+            .metric("roomcast_internode_rejected_total{reason=\"frame_auth\"}")
+            .await,
+        None
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[tokio::test]
 async fn garbage_on_the_cluster_port_is_counted_and_harmless() {
     use tokio::io::AsyncWriteExt;
@@ -533,7 +621,9 @@ async fn garbage_on_the_cluster_port_is_counted_and_harmless() {
 mod fake_peer {
     use super::*;
     use futures_util::{SinkExt, StreamExt};
+    use roomcast::cluster::ClusterSecret;
     use roomcast::internode::codec::{self, Frame};
+    use roomcast::internode::seal::{Sealer, SessionKeys};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
@@ -541,6 +631,16 @@ mod fake_peer {
 
     /// Connects, exchanges preambles and sends a Hello; returns the server's answer.
     async fn hello(node: &Node, cluster_id: &str, id: &str) -> (Conn, Frame) {
+        hello_with(node, cluster_id, id, true).await
+    }
+
+    /// `hello` with the given `internode_encryption` mode.
+    async fn hello_with(
+        node: &Node,
+        cluster_id: &str,
+        id: &str,
+        encryption: bool,
+    ) -> (Conn, Frame) {
         let mut s = tokio::net::TcpStream::connect(node.cluster).await.unwrap();
         s.write_all(&codec::preamble()).await.unwrap();
         let mut p = [0u8; 8];
@@ -559,7 +659,7 @@ mod fake_peer {
             generation: 1,
             cluster_addr: "127.0.0.1:1".into(),
             nonce: [7; codec::NONCE_LEN],
-            encryption: true,
+            encryption,
         };
         f.send(codec::encode(&h).unwrap()).await.unwrap();
         let reply = codec::decode(&f.next().await.unwrap().unwrap()).unwrap();
@@ -579,6 +679,167 @@ mod fake_peer {
         let r = codec::decode(&f.next().await.unwrap().unwrap()).unwrap();
         assert_eq!(r, Frame::Accept);
         f
+    }
+
+    /// A fake peer that knows the node's secret and completes a real handshake (proofs and
+    /// session keys computed as a node would); returns the connection and its keys.
+    async fn accepted_with_secret(
+        node: &Node,
+        secret: &ClusterSecret,
+        encryption: bool,
+    ) -> (Conn, SessionKeys) {
+        let me = roomcast::ids::NodeId::new("fake-peer").unwrap();
+        let (mut f, reply) = hello_with(node, "roomcast", me.as_str(), encryption).await;
+        let Frame::Challenge {
+            node_id: server,
+            nonce: ns,
+            proof: Some(server_proof),
+            ..
+        } = reply
+        else {
+            panic!("{reply:?}");
+        };
+        let nc = [7; codec::NONCE_LEN];
+        assert!(codec::proof_ok(
+            &codec::server_proof(secret, "roomcast", &me, &server, &nc, &ns),
+            &server_proof
+        ));
+        let proof = codec::client_proof(secret, "roomcast", &me, &server, &nc, &ns);
+        f.send(codec::encode(&Frame::Proof { proof: Some(proof) }).unwrap())
+            .await
+            .unwrap();
+        let r = codec::decode(&f.next().await.unwrap().unwrap()).unwrap();
+        assert_eq!(r, Frame::Accept);
+        let (c2s, s2c) =
+            codec::session_keys(secret, encryption, "roomcast", &me, &server, &nc, &ns);
+        let keys = SessionKeys {
+            send: c2s,
+            recv: s2c,
+            encrypt: encryption,
+        };
+        (f, keys)
+    }
+
+    /// One frame's payload, sealed (what a node writes after the length prefix).
+    fn sealed(sealer: &mut Sealer, frame: &Frame) -> bytes::Bytes {
+        let mut b = bytes::BytesMut::new();
+        codec::encode_into(frame, &mut b).unwrap();
+        sealer.seal(&mut b, 0).unwrap();
+        b.freeze()
+    }
+
+    fn unsubscribe(room: &str) -> Frame {
+        Frame::Msg(roomcast::routing::PeerMsg::Unsubscribe(
+            roomcast::routing::Unsubscribe {
+                room: roomcast::ids::RoomId::new(room).unwrap(),
+            },
+        ))
+    }
+
+    fn secret_file(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, ClusterSecret) {
+        let dir = std::env::temp_dir().join(format!("rc-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = dir.join("s");
+        std::fs::write(&s, "a-secret-the-fake-peer-knows\n").unwrap();
+        let secret = ClusterSecret::from_file(&s).unwrap();
+        (dir, s, secret)
+    }
+
+    /// Issue 13: a peer that knows the secret and completed a real handshake still cannot
+    /// slip a frame past the seal: a flipped byte, a replayed frame, a frame in clear or one
+    /// sealed in the other mode ends the connection, counted as `frame_auth`; the node goes on
+    /// serving. A mode mismatch is refused at the handshake.
+    #[tokio::test]
+    async fn tampered_replayed_or_unsealed_frames_end_the_connection_and_are_counted() {
+        let (dir, s, secret) = secret_file("fake-seal");
+        let node = Node::start(&["--cluster-secret-file", s.to_str().unwrap()]);
+        let frame_auth = "roomcast_internode_rejected_total{reason=\"frame_auth\"}";
+        let in_msgs = "roomcast_internode_messages_total{direction=\"in\"}";
+
+        // Properly sealed frames are accepted.
+        let (mut f, keys) = accepted_with_secret(&node, &secret, true).await;
+        let mut sealer = keys.sealer();
+        for i in 0..3 {
+            f.send(sealed(&mut sealer, &unsubscribe(&format!("ok-{i}"))))
+                .await
+                .unwrap();
+        }
+        node.wait_metric(in_msgs, |v| v >= 3.0).await;
+        // One flipped byte in the next frame.
+        let mut bad = sealed(&mut sealer, &unsubscribe("tampered")).to_vec();
+        bad[2] ^= 0x20;
+        f.send(bytes::Bytes::from(bad)).await.unwrap();
+        closed(&mut f).await;
+        node.wait_metric(frame_auth, |v| v >= 1.0).await;
+
+        // A frame replayed on the same connection.
+        let (mut f, keys) = accepted_with_secret(&node, &secret, true).await;
+        let mut sealer = keys.sealer();
+        let once = sealed(&mut sealer, &unsubscribe("once"));
+        f.send(once.clone()).await.unwrap();
+        f.send(once).await.unwrap();
+        closed(&mut f).await;
+        node.wait_metric(frame_auth, |v| v >= 2.0).await;
+
+        // A frame from an earlier connection replayed on a new one (other keys).
+        let (f, keys) = accepted_with_secret(&node, &secret, true).await;
+        let earlier = sealed(&mut keys.sealer(), &unsubscribe("earlier"));
+        drop(f);
+        let (mut f2, _) = accepted_with_secret(&node, &secret, true).await;
+        f2.send(earlier).await.unwrap();
+        closed(&mut f2).await;
+        node.wait_metric(frame_auth, |v| v >= 3.0).await;
+
+        // An Event injected in clear (as one could before issue 13).
+        let (mut f, _) = accepted_with_secret(&node, &secret, true).await;
+        let event = Frame::Msg(roomcast::routing::PeerMsg::Event(
+            roomcast::routing::Event {
+                room: roomcast::ids::RoomId::new("victim").unwrap(),
+                epoch: roomcast::ids::Epoch::from_wire("e-1"),
+                seq: 1,
+                accepted_us: 1,
+                frame: "{\"type\":\"message\",\"data\":\"injected\"}".into(),
+            },
+        ));
+        f.send(codec::encode(&event).unwrap()).await.unwrap();
+        closed(&mut f).await;
+        node.wait_metric(frame_auth, |v| v >= 4.0).await;
+
+        // Sealed in the other mode (authenticated only) on an encrypting connection.
+        let (mut f, keys) = accepted_with_secret(&node, &secret, true).await;
+        let other_mode = SessionKeys {
+            encrypt: false,
+            ..keys
+        };
+        f.send(sealed(&mut other_mode.sealer(), &unsubscribe("mode")))
+            .await
+            .unwrap();
+        closed(&mut f).await;
+        node.wait_metric(frame_auth, |v| v >= 5.0).await;
+
+        // The other mode in the handshake is refused with its reason.
+        let (mut f, reply) = hello_with(&node, "roomcast", "fake-peer", false).await;
+        match reply {
+            Frame::Reject { reason } => {
+                assert!(reason.contains("internode_encryption"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        closed(&mut f).await;
+        node.wait_metric(
+            "roomcast_internode_rejected_total{reason=\"encryption_mismatch\"}",
+            |v| v >= 1.0,
+        )
+        .await;
+
+        // The node is healthy and serves clients.
+        assert_eq!(node.get("/healthz").await.0, 200);
+        let mut c = node.connect().await;
+        c.join("still-fine").await;
+        let mut p = node.connect().await;
+        p.publish("still-fine", json!("real")).await;
+        assert_eq!(c.next_event().await["data"], "real");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     async fn closed(f: &mut Conn) {

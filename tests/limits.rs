@@ -138,3 +138,46 @@ fn a_history_that_could_outgrow_an_internode_frame_is_refused_at_start() {
     assert!(err.contains("history_max_bytes"), "{err}");
     assert!(err.contains("internode frame limit"), "{err}");
 }
+
+#[tokio::test]
+async fn internode_connections_in_their_handshake_are_bounded() {
+    let node = Node::start(&[]);
+    // 64 strangers that connect to the cluster port and say nothing hold every place...
+    let mut strangers = Vec::new();
+    for _ in 0..64 {
+        strangers.push(TcpStream::connect(node.cluster).await.unwrap());
+    }
+    // ...so the next one is closed at once, and counted.
+    wait_until("a stranger past the bound is closed at once", || async {
+        let mut s = TcpStream::connect(node.cluster).await.unwrap();
+        let mut b = [0u8; 16];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    })
+    .await;
+    node.wait_metric(
+        "roomcast_internode_rejected_total{reason=\"handshake_limit\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    // The handshake timeout (5 s) ends the silent ones, and their places come back.
+    let started = Instant::now();
+    for s in &mut strangers {
+        let mut b = [0u8; 16];
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(9));
+    drop(strangers);
+    // A real peer can join again.
+    let peer = Node::start(&[
+        "--seed",
+        &node.cluster.to_string(),
+        "--gossip-interval",
+        "100ms",
+        "--failure-timeout",
+        "2s",
+    ]);
+    Cluster::wait_live_set(&node, &[node.id.clone(), peer.id.clone()]).await;
+}

@@ -29,6 +29,12 @@ pub async fn serve(listener: TcpListener, peers: Peers) {
     loop {
         match listener.accept().await {
             Ok((stream, from)) => {
+                let Some(slot) = HandshakeSlot::take(&peers) else {
+                    m::internode_rejected("handshake_limit");
+                    tracing::debug!(%from, "too many internode handshakes in progress; closed");
+                    drop(stream);
+                    continue;
+                };
                 let peers2 = peers.clone();
                 let id = peers.inner.next_inbound.fetch_add(1, Ordering::Relaxed);
                 // Registered before the task can finish, so its own removal always finds it.
@@ -37,7 +43,8 @@ pub async fn serve(listener: TcpListener, peers: Peers) {
                     .inbound_tasks
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                let task = tokio::spawn(async move { inbound(stream, from, peers2, id).await });
+                let task =
+                    tokio::spawn(async move { inbound(stream, from, peers2, id, slot).await });
                 tasks.insert(id, task.abort_handle());
             }
             Err(e) => {
@@ -48,13 +55,43 @@ pub async fn serve(listener: TcpListener, peers: Peers) {
     }
 }
 
+/// One place among the inbound connections in their handshake; given back when dropped.
+struct HandshakeSlot(Peers);
+
+impl HandshakeSlot {
+    fn take(peers: &Peers) -> Option<HandshakeSlot> {
+        peers
+            .inner
+            .handshaking
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < super::MAX_INBOUND_HANDSHAKES).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| HandshakeSlot(peers.clone()))
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.inner.handshaking.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Why an inbound connection was refused (the `reason` label).
 struct Refused(&'static str, String);
 
 /// Server side of one inbound connection: handshake, then read messages into the shards.
-async fn inbound(stream: TcpStream, from: SocketAddr, peers: Peers, conn_id: u64) {
+async fn inbound(
+    stream: TcpStream,
+    from: SocketAddr,
+    peers: Peers,
+    conn_id: u64,
+    slot: HandshakeSlot,
+) {
     let _ = stream.set_nodelay(true);
     let hs = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_handshake(stream, &peers)).await;
+    // The handshake is over, one way or the other.
+    drop(slot);
     let (framed, peer, generation, addr, keys) = match hs {
         Ok(Ok(x)) => x,
         Ok(Err(Refused(reason, detail))) => {

@@ -56,6 +56,11 @@ pub const PEER_QUEUE_MESSAGES: usize = 64 * 1024;
 pub const PEER_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 /// Time allowed for connecting plus the whole handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Inbound connections in their handshake at once. Peers need one each per restart, so 64
+/// is generous for any cluster; past it a new connection is closed at once (counted as
+/// `handshake_limit`), so strangers cannot hold more sockets than this for more than
+/// [`HANDSHAKE_TIMEOUT`] each.
+pub const MAX_INBOUND_HANDSHAKES: usize = 64;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Messages read and handed to the shards together at most.
@@ -93,6 +98,8 @@ pub(crate) struct Inner {
     /// The inbound connection currently accepted from each peer (a newer one replaces it).
     pub(super) inbound_current: Mutex<HashMap<NodeId, u64>>,
     pub(super) next_inbound: AtomicU64,
+    /// Inbound connections in their handshake now (bounded by [`MAX_INBOUND_HANDSHAKES`]).
+    pub(super) handshaking: std::sync::atomic::AtomicUsize,
     /// The newest incarnation (generation) seen of each peer, from gossip or a handshake,
     /// whether or not a link exists: a higher one means the peer restarted and lost its state.
     generations: Mutex<HashMap<NodeId, u64>>,
@@ -133,6 +140,7 @@ impl Peers {
                 inbound_tasks: Mutex::new(HashMap::new()),
                 inbound_current: Mutex::new(HashMap::new()),
                 next_inbound: AtomicU64::new(1),
+                handshaking: std::sync::atomic::AtomicUsize::new(0),
                 generations: Mutex::new(HashMap::new()),
                 control: OnceLock::new(),
             }),

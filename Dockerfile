@@ -38,6 +38,9 @@ WORKDIR /build
 #    needs more than the stubs (e.g. an explicit [[bench]] file), this step degrades to no
 #    pre-built dependencies and step 2 compiles everything.
 COPY Cargo.toml Cargo.lock ./
+# The build flags too (.cargo/config.toml): dependencies built with other flags would all be
+# rebuilt in step 2.
+COPY .cargo .cargo
 RUN mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \
  && : > src/lib.rs \

@@ -18,7 +18,12 @@
 #
 # Needs nats-server (Debian package `nats-server`; installed here with apt-get if missing).
 # Env: SCENARIOS (default "a b c d e"; results of other scenarios in bench-results/ are kept),
-# TABLE_SCENARIOS (scenarios in the table; default SCENARIOS), SKIP_NATS=1, ROOMCAST_BIN.
+# TABLE_SCENARIOS (scenarios in the table; default SCENARIOS), SKIP_NATS=1, ROOMCAST_BIN,
+# TARGETS (e.g. "rc3": run only these of rc1 rc3 nats1 nats3; default all that fit the scenario),
+# KEEP_LOGS=DIR (copy the servers' logs there at the end),
+# INTERNODE: how roomcast nodes talk to each other — "clear" (default: no cluster secret, as
+# on loopback), "auth" (a cluster secret, internode_encryption = false: frames authenticated,
+# in clear) or "encrypt" (a cluster secret, frames encrypted: the default of a node with one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats="${1:-3}"
@@ -49,6 +54,7 @@ declare -a started=()
 cleanup() {
   for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${started[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS" && cp "$run_dir"/*.log "$KEEP_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$run_dir"
 }
 trap cleanup EXIT
@@ -62,25 +68,59 @@ wait_port() { # host port
   return 1
 }
 
+# Ports must be free: a benchmark that reached someone else's server (another bench run on
+# this machine) would measure, and count losses on, the wrong cluster.
+for p in 21081 21181 21182 21183 21946 21947 21948 21949 22081 22181 22182 22183; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    echo "bench: port $p is already in use (another benchmark running?); stop it first" >&2
+    exit 1
+  fi
+done
+
 # roomcast: 1 node on 21081, 3 nodes on 21181..21183.
+declare -a internode_args=()
+case "${INTERNODE:-clear}" in
+clear) ;;
+auth | encrypt)
+  head -c 32 /dev/urandom | base64 >"$run_dir/cluster.secret"
+  internode_args=(--cluster-secret-file "$run_dir/cluster.secret" --internode-encryption)
+  if [ "$INTERNODE" = auth ]; then internode_args+=(false); else internode_args+=(true); fi
+  ;;
+*)
+  echo "bench: INTERNODE must be clear, auth or encrypt" >&2
+  exit 2
+  ;;
+esac
 # All load comes from loopback: the per-IP bound is lifted (an env var, which older builds
 # ignore, so the same line serves bench-compare.sh's baselines).
 rc_start() { # name http cluster seed
   ROOMCAST_MAX_CONNECTIONS_PER_IP=0 "$bin" serve --node-id "$1" --listen "127.0.0.1:$2" --cluster-listen "127.0.0.1:$3" \
     ${4:+--seed "$4"} --publish-rate 0 --max-connections 100000 --log-level warn \
-    >"$run_dir/$1.log" 2>&1 &
+    ${internode_args[@]+"${internode_args[@]}"} >"$run_dir/$1.log" 2>&1 &
   started+=($!)
   eval "pid_$1=$!"
 }
-rc_start rc1 21081 21946 ""
+# Only the targets that run (TARGETS) are started.
+wanted() { case " ${TARGETS:-rc1 rc3 nats1 nats3} " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+pid_rc1=
+if wanted rc1; then rc_start rc1 21081 21946 ""; fi
 rc_start rca 21181 21947 ""
 rc_start rcb 21182 21948 127.0.0.1:21947
 rc_start rcc 21183 21949 127.0.0.1:21947
-for p in 21081 21181 21182 21183; do wait_port 127.0.0.1 $p; done
+if wanted rc1; then wait_port 127.0.0.1 21081; fi
+for p in 21181 21182 21183; do wait_port 127.0.0.1 $p; done
 # Wait until the 3-node cluster is formed (readyz needs a peer).
 for p in 21181 21182 21183; do
   for _ in $(seq 1 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p" && printf 'GET /readyz HTTP/1.0\r\n\r\n' >&3 && head -1 <&3 | grep -q ' 200 ') 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+done
+# ... and until every node sees all three live: a member that joins during a run moves the
+# room (a new epoch), which the checks then count as losses.
+for p in 21181 21182 21183; do
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p" && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && grep -q '^roomcast_cluster_members{state="live"} 3$' <&3) 2>/dev/null; then break; fi
     sleep 0.1
   done
 done
@@ -169,6 +209,7 @@ failed=0
 for s in $scenarios; do
   for t in $(targets_for "$s"); do
     case $t in nats*) [ -n "${SKIP_NATS:-}" ] && continue ;; esac
+    case " ${TARGETS:-$t} " in *" $t "*) ;; *) continue ;; esac
     proto=roomcast
     case $t in nats*) proto=nats ;; esac
     for r in $(seq 1 "$repeats"); do

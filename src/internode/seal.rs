@@ -341,6 +341,34 @@ mod tests {
         assert_eq!(o.open(&mut [0u8; 20]), Err(SealError::Exhausted));
     }
 
+    /// The cost of sealing and opening one frame of an `Event`'s size, per mode (run with
+    /// `cargo test --release --lib seal::tests::cost -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn cost_per_frame() {
+        for size in [64usize, 300, 1500, 16 * 1024] {
+            for encrypt in [true, false] {
+                let (client, server) = keys(encrypt);
+                let (mut s, mut o) = (client.sealer(), server.opener());
+                let payload = vec![b'x'; size];
+                let mut buf = BytesMut::with_capacity(size + TAG_LEN);
+                let n = 200_000usize.min(200_000_000 / size);
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    buf.clear();
+                    buf.extend_from_slice(&payload);
+                    s.seal(&mut buf, 0).unwrap();
+                    std::hint::black_box(o.open(&mut buf).unwrap());
+                }
+                let ns = t.elapsed().as_nanos() as f64 / n as f64;
+                println!(
+                    "{size:>6} B, {}: {ns:>8.0} ns per frame (seal + open)",
+                    if encrypt { "encrypt" } else { "auth   " }
+                );
+            }
+        }
+    }
+
     #[test]
     fn keys_never_show_in_debug() {
         let (client, _) = keys(true);

@@ -576,23 +576,58 @@ impl Config {
     }
 
     fn load_from(args: &ServeArgs, env: Env) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = &args.config {
-            // Check it ourselves so a missing file is an error (figment would skip it).
-            std::fs::read_to_string(path).map_err(|source| ConfigError::File {
-                path: path.clone(),
-                source,
-            })?;
-            fig = fig.merge(Toml::file_exact(path));
-        }
+        let file = match &args.config {
+            Some(path) => {
+                // Check it ourselves so a missing file is an error (figment would skip it).
+                std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(Toml::file_exact(path))
+            }
+            None => None,
+        };
         // Only env vars that name an option are read: platforms inject others with our prefix
         // (Kubernetes adds ROOMCAST_SERVICE_HOST, ROOMCAST_PORT... for a Service named roomcast).
         let keys = Self::keys();
         let env = env.filter(move |k| keys.iter().any(|o| o.eq_ignore_ascii_case(k.as_str())));
+        Self::load_layers(args, file, env)
+    }
+
+    /// The layers after the file was found and the env vars chosen: merged, extracted, checked.
+    fn load_layers(
+        args: &ServeArgs,
+        file: Option<figment::providers::Data<Toml>>,
+        env: impl figment::Provider,
+    ) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            fig = fig.merge(file);
+        }
         let fig = fig.merge(env).merge(Serialized::defaults(args));
         let config: Config = fig.extract().map_err(|e| figment_error(&fig, e))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// [`Config::load`] from TOML text and environment pairs (`(OPTION, value)`, without the
+    /// `ROOMCAST_` prefix; pairs that name no option are ignored) instead of a file and the
+    /// process environment. For the fuzz tests, which must not touch the process environment.
+    #[doc(hidden)]
+    pub fn load_from_text(toml: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let keys = Self::keys();
+        let mut dict = figment::value::Dict::new();
+        for (k, v) in env {
+            let k = k.trim();
+            if !keys.iter().any(|o| o.eq_ignore_ascii_case(k)) {
+                continue;
+            }
+            // As figment's `Env` reads a value: parsed like a TOML value, else a string.
+            let v: figment::value::Value = v.parse().unwrap_or_else(|e| match e {});
+            dict.insert(k.to_ascii_lowercase(), v);
+        }
+        let env = Serialized::defaults(dict);
+        Self::load_layers(&ServeArgs::default(), Some(Toml::string(toml)), env)
     }
 
     /// Checks ranges and relations between options. Called once by [`Config::load`].

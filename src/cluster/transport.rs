@@ -152,8 +152,8 @@ fn now_ms() -> u64 {
 }
 
 /// Appends the stamp, id and tag to the envelope in `buf[..n]`; returns the datagram's length.
-/// `buf` must have room for [`OVERHEAD`] more bytes.
-fn seal_datagram(secret: &ClusterSecret, buf: &mut [u8], n: usize, stamp: u64, id: u64) -> usize {
+/// `buf` must have room for [`OVERHEAD`] more bytes. (Public for the fuzz tests.)
+pub fn seal_datagram(secret: &ClusterSecret, buf: &mut [u8], n: usize, stamp: u64, id: u64) -> usize {
     buf[n..n + 8].copy_from_slice(&stamp.to_be_bytes());
     buf[n + 8..n + STAMP_LEN].copy_from_slice(&id.to_be_bytes());
     let body = n + STAMP_LEN;
@@ -164,14 +164,15 @@ fn seal_datagram(secret: &ClusterSecret, buf: &mut [u8], n: usize, stamp: u64, i
 
 /// An authentic datagram: the envelope's length, its stamp, and the key it is remembered by.
 #[derive(Debug, PartialEq)]
-struct Opened {
-    envelope: usize,
-    stamp: u64,
-    key: [u8; 16],
+pub struct Opened {
+    pub envelope: usize,
+    pub stamp: u64,
+    pub key: [u8; 16],
 }
 
-/// Verifies a datagram's tag; `None` if it is too short or its tag does not verify.
-fn open_datagram(secret: &ClusterSecret, d: &[u8]) -> Option<Opened> {
+/// Verifies a datagram's tag; `None` if it is too short or its tag does not verify. (The
+/// gossip transport's check of every received datagram; public for the fuzz tests.)
+pub fn open_datagram(secret: &ClusterSecret, d: &[u8]) -> Option<Opened> {
     let body = d.len().checked_sub(TAG_LEN)?;
     let envelope = body.checked_sub(STAMP_LEN)?;
     let tag = &d[body..];

@@ -152,10 +152,48 @@ const READ_CHUNK: usize = 4096;
 pub struct Reader {
     io: OwnedReadHalf,
     buf: BytesMut,
+    dec: MessageDecoder,
+    done: bool,
+}
+
+/// The reader's decoding without the socket: bytes in, whole messages out (the fuzz tests feed
+/// it arbitrary bytes).
+#[derive(Debug)]
+pub struct MessageDecoder {
     codec: Codec,
     asm: Assembler,
     max: usize,
-    done: bool,
+}
+
+impl MessageDecoder {
+    /// Frames and joined messages of at most `max` bytes (`max_frame_bytes`).
+    pub fn new(max: usize) -> MessageDecoder {
+        MessageDecoder {
+            codec: Codec::new().max_size(max),
+            asm: Assembler::new(max),
+            max,
+        }
+    }
+
+    /// Decodes frames from the front of `buf` until one completes a message (`Ok(None)`: more
+    /// bytes are needed). After an error the connection is to be closed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ReadError> {
+        loop {
+            let frame = self
+                .codec
+                .decode(buf)
+                .map_err(|e| protocol(e, self.max))?;
+            if buf.is_empty() {
+                // Nothing left to decode: let the allocation go (payloads split from it keep
+                // their part alive only as long as they are used).
+                *buf = BytesMut::new();
+            }
+            let Some(frame) = frame else { return Ok(None) };
+            if let Some(msg) = self.asm.push(frame)? {
+                return Ok(Some(msg));
+            }
+        }
+    }
 }
 
 impl Reader {
@@ -164,28 +202,8 @@ impl Reader {
         Reader {
             io,
             buf: leftover,
-            codec: Codec::new().max_size(max),
-            asm: Assembler::new(max),
-            max,
+            dec: MessageDecoder::new(max),
             done: false,
-        }
-    }
-
-    fn decode(&mut self) -> Result<Option<Message>, ReadError> {
-        loop {
-            let frame = self
-                .codec
-                .decode(&mut self.buf)
-                .map_err(|e| protocol(e, self.max))?;
-            if self.buf.is_empty() {
-                // Nothing left to decode: let the allocation go (payloads split from it keep
-                // their part alive only as long as they are used).
-                self.buf = BytesMut::new();
-            }
-            let Some(frame) = frame else { return Ok(None) };
-            if let Some(msg) = self.asm.push(frame)? {
-                return Ok(Some(msg));
-            }
         }
     }
 }
@@ -199,7 +217,7 @@ impl Stream for Reader {
             return Poll::Ready(None);
         }
         loop {
-            match this.decode() {
+            match this.dec.decode(&mut this.buf) {
                 Ok(Some(msg)) => {
                     if matches!(msg, Message::Close(_)) {
                         this.done = true;

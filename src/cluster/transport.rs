@@ -58,7 +58,7 @@ const DOMAIN: &[u8] = b"roomcast-gossip-v2";
 /// Bytes of the stamp and id before the tag.
 const STAMP_LEN: usize = 16;
 /// Bytes a secret adds to a datagram.
-const OVERHEAD: usize = STAMP_LEN + TAG_LEN;
+pub const OVERHEAD: usize = STAMP_LEN + TAG_LEN;
 /// How far a datagram's stamp may be from the receiver's clock, either way.
 pub const WINDOW: Duration = Duration::from_secs(30);
 /// Tags of accepted datagrams remembered at most (replay detection within the window).

@@ -101,8 +101,7 @@ impl Body {
     fn new(content_type: &'static str, bytes: Vec<u8>) -> Body {
         let hash = Sha256::digest(&bytes);
         let etag = format!("\"{}\"", hex(&hash[..12]));
-        let gzip = if content_type.starts_with("text/") || content_type.starts_with("image/svg")
-        {
+        let gzip = if content_type.starts_with("text/") || content_type.starts_with("image/svg") {
             gzip(&bytes).filter(|z| z.len() < bytes.len())
         } else {
             None
@@ -185,7 +184,10 @@ impl Assets {
             .iter()
             .map(|(name, template)| {
                 let html = render(template, &url);
-                (*name, Body::new("text/html; charset=utf-8", html.into_bytes()))
+                (
+                    *name,
+                    Body::new("text/html; charset=utf-8", html.into_bytes()),
+                )
             })
             .collect();
         Assets {
@@ -274,7 +276,11 @@ pub fn accepts_gzip(header: Option<&str>) -> bool {
         let mut parts = item.split(';');
         let coding = parts.next().unwrap_or("").trim().to_ascii_lowercase();
         let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q=").and_then(|v| v.trim().parse::<f32>().ok()))
+            .filter_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|v| v.trim().parse::<f32>().ok())
+            })
             .next()
             .unwrap_or(1.0);
         match coding.as_str() {
@@ -325,11 +331,17 @@ mod tests {
             let html = std::str::from_utf8(&local.page(page).unwrap().identity).unwrap();
             assert!(!html.contains("{{asset:"), "{page} names an unknown asset");
             let lib = local.fingerprinted(script).unwrap();
-            assert!(html.contains(&format!("\"/assets/{lib}\"")), "{page}: {html}");
+            assert!(
+                html.contains(&format!("\"/assets/{lib}\"")),
+                "{page}: {html}"
+            );
             let html = std::str::from_utf8(&cdn.page(page).unwrap().identity).unwrap();
             assert!(html.contains(&format!("\"https://cdn.example.com/assets/{lib}\"")));
         }
-        assert_ne!(local.page("demo").unwrap().etag, cdn.page("demo").unwrap().etag);
+        assert_ne!(
+            local.page("demo").unwrap().etag,
+            cdn.page("demo").unwrap().etag
+        );
     }
 
     #[test]

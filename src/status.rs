@@ -286,8 +286,20 @@ mod tests {
         let first = s.sample(t0, snap(100, 1000, 0, 500), g, 1);
         assert_eq!(first.publishes_per_s, 0.0);
         assert_eq!(first.delivery_p99_ms, None);
-        assert_eq!((first.connections, first.rooms_owned, first.rooms_under_replicated), (5, 3, 1));
-        let second = s.sample(t0 + Duration::from_secs(2), snap(300, 5000, 1000, 500), g, 2);
+        assert_eq!(
+            (
+                first.connections,
+                first.rooms_owned,
+                first.rooms_under_replicated
+            ),
+            (5, 3, 1)
+        );
+        let second = s.sample(
+            t0 + Duration::from_secs(2),
+            snap(300, 5000, 1000, 500),
+            g,
+            2,
+        );
         assert_eq!(second.publishes_per_s, 100.0);
         assert_eq!(second.deliveries_per_s, 2000.0);
         let p99 = second.delivery_p99_ms.unwrap();
@@ -295,7 +307,12 @@ mod tests {
         assert_eq!(second.slow_consumers_total, 2);
         assert_eq!(second.published_total, 300);
         // Nothing delivered in the next interval: no p99, zero rates.
-        let third = s.sample(t0 + Duration::from_secs(3), snap(300, 5000, 1000, 500), g, 3);
+        let third = s.sample(
+            t0 + Duration::from_secs(3),
+            snap(300, 5000, 1000, 500),
+            g,
+            3,
+        );
         assert_eq!(third.delivery_p99_ms, None);
         assert_eq!(third.deliveries_per_s, 0.0);
     }

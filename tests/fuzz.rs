@@ -31,7 +31,9 @@ fn config() -> ProptestConfig {
 
 // ---------------------------------------------------------------- client request parser
 
-const LIMITS: ParseLimits = ParseLimits { max_data_bytes: 256 };
+const LIMITS: ParseLimits = ParseLimits {
+    max_data_bytes: 256,
+};
 
 /// Any JSON value, a few levels deep.
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
@@ -59,13 +61,22 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
 /// type (or a plausible one).
 fn request_object() -> impl Strategy<Value = serde_json::Map<String, serde_json::Value>> {
     let op = prop_oneof![
-        Just("join"), Just("leave"), Just("publish"), Just("history"), Just("ping"),
-        Just("presence"), Just("auth"), Just("refresh"), Just("nope"),
+        Just("join"),
+        Just("leave"),
+        Just("publish"),
+        Just("history"),
+        Just("ping"),
+        Just("presence"),
+        Just("auth"),
+        Just("refresh"),
+        Just("nope"),
     ];
     let field = |plausible: BoxedStrategy<serde_json::Value>| {
         prop::option::of(prop_oneof![3 => plausible, 1 => json_value()])
     };
-    let room = "[A-Za-z0-9_.:-]{1,12}".prop_map(serde_json::Value::from).boxed();
+    let room = "[A-Za-z0-9_.:-]{1,12}"
+        .prop_map(serde_json::Value::from)
+        .boxed();
     let num = any::<u32>().prop_map(serde_json::Value::from).boxed();
     let tok = "[a-z]{0,8}".prop_map(serde_json::Value::from).boxed();
     let flag = any::<bool>().prop_map(serde_json::Value::from).boxed();
@@ -81,26 +92,28 @@ fn request_object() -> impl Strategy<Value = serde_json::Map<String, serde_json:
         field(flag.clone()),
         field(flag),
     )
-        .prop_map(|(id, op, room, since, limit, data, key, token, presence, events)| {
-            let mut m = serde_json::Map::new();
-            m.insert("op".into(), op.into());
-            for (k, v) in [
-                ("id", id),
-                ("room", room),
-                ("since", since),
-                ("limit", limit),
-                ("data", data),
-                ("key", key),
-                ("token", token),
-                ("presence", presence),
-                ("presence_events", events),
-            ] {
-                if let Some(v) = v {
-                    m.insert(k.into(), v);
+        .prop_map(
+            |(id, op, room, since, limit, data, key, token, presence, events)| {
+                let mut m = serde_json::Map::new();
+                m.insert("op".into(), op.into());
+                for (k, v) in [
+                    ("id", id),
+                    ("room", room),
+                    ("since", since),
+                    ("limit", limit),
+                    ("data", data),
+                    ("key", key),
+                    ("token", token),
+                    ("presence", presence),
+                    ("presence_events", events),
+                ] {
+                    if let Some(v) = v {
+                        m.insert(k.into(), v);
+                    }
                 }
-            }
-            m
-        })
+                m
+            },
+        )
 }
 
 proptest! {
@@ -208,7 +221,15 @@ fn ws_any_frame() -> impl Strategy<Value = Vec<u8>> {
     (
         any::<bool>(),
         prop_oneof![8 => Just(0u8), 1 => 0..8u8],
-        prop_oneof![Just(0u8), Just(1), Just(2), Just(8), Just(9), Just(10), 0..16u8],
+        prop_oneof![
+            Just(0u8),
+            Just(1),
+            Just(2),
+            Just(8),
+            Just(9),
+            Just(10),
+            0..16u8
+        ],
         prop_oneof![8 => any::<[u8; 4]>().prop_map(Some), 1 => Just(None)],
         prop_oneof![
             8 => prop::collection::vec(any::<u8>(), 0..140),
@@ -303,14 +324,40 @@ fn internode_frame() -> impl Strategy<Value = Frame> {
     let s = || ".{0,16}";
     let id = || "[a-z0-9-]{1,12}".prop_map(|s| node(&s));
     prop_oneof![
-        (s(), id(), any::<u64>(), s(), any::<[u8; NONCE_LEN]>(), any::<bool>()).prop_map(
-            |(cluster_id, node_id, generation, cluster_addr, nonce, encryption)| Frame::Hello {
-                cluster_id, node_id, generation, cluster_addr, nonce, encryption,
-            }
-        ),
-        (id(), any::<u64>(), any::<[u8; NONCE_LEN]>(), any::<Option<[u8; 32]>>(), any::<bool>()).prop_map(
-            |(node_id, generation, nonce, proof, encryption)| Frame::Challenge { node_id, generation, nonce, proof, encryption }
-        ),
+        (
+            s(),
+            id(),
+            any::<u64>(),
+            s(),
+            any::<[u8; NONCE_LEN]>(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(cluster_id, node_id, generation, cluster_addr, nonce, encryption)| Frame::Hello {
+                    cluster_id,
+                    node_id,
+                    generation,
+                    cluster_addr,
+                    nonce,
+                    encryption,
+                }
+            ),
+        (
+            id(),
+            any::<u64>(),
+            any::<[u8; NONCE_LEN]>(),
+            any::<Option<[u8; 32]>>(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(node_id, generation, nonce, proof, encryption)| Frame::Challenge {
+                    node_id,
+                    generation,
+                    nonce,
+                    proof,
+                    encryption
+                }
+            ),
         any::<Option<[u8; 32]>>().prop_map(|proof| Frame::Proof { proof }),
         Just(Frame::Accept),
         s().prop_map(|reason| Frame::Reject { reason }),
@@ -319,14 +366,24 @@ fn internode_frame() -> impl Strategy<Value = Frame> {
             Err(_) => Frame::Reject { reason },
         }),
         (any::<u64>(), s(), s(), any::<u32>()).prop_map(|(id, prefix, after, limit)| {
-            Frame::Control(Control::RoomsQuery { id, prefix, after, limit })
-        }),
-        (any::<u64>(), prop::collection::vec(("[a-z]{1,8}", any::<u64>()), 0..4)).prop_map(
-            |(id, rooms)| Frame::Control(Control::RoomsReply {
+            Frame::Control(Control::RoomsQuery {
                 id,
-                rooms: rooms.into_iter().map(|(r, n)| (roomcast::ids::RoomId::new(&r).unwrap(), n)).collect(),
+                prefix,
+                after,
+                limit,
             })
-        ),
+        }),
+        (
+            any::<u64>(),
+            prop::collection::vec(("[a-z]{1,8}", any::<u64>()), 0..4)
+        )
+            .prop_map(|(id, rooms)| Frame::Control(Control::RoomsReply {
+                id,
+                rooms: rooms
+                    .into_iter()
+                    .map(|(r, n)| (roomcast::ids::RoomId::new(&r).unwrap(), n))
+                    .collect(),
+            })),
     ]
 }
 
@@ -549,7 +606,14 @@ fn toml_value() -> impl Strategy<Value = String> {
         any::<f64>().prop_map(|v| format!("{v:?}")),
         any::<bool>().prop_map(|v| v.to_string()),
         "[ -~]{0,12}".prop_map(|s| format!("{s:?}")),
-        prop_oneof![Just("\"1s\""), Just("\"500ms\""), Just("\"0s\""), Just("\"127.0.0.1:0\""), Just("\"[::1]:80\"")].prop_map(String::from),
+        prop_oneof![
+            Just("\"1s\""),
+            Just("\"500ms\""),
+            Just("\"0s\""),
+            Just("\"127.0.0.1:0\""),
+            Just("\"[::1]:80\"")
+        ]
+        .prop_map(String::from),
         prop::collection::vec(any::<u16>(), 0..3).prop_map(|v| format!("{v:?}")),
         Just("{ a = 1 }".to_string()),
     ]
@@ -566,7 +630,10 @@ fn option_name() -> impl Strategy<Value = String> {
 fn env_value() -> impl Strategy<Value = String> {
     prop_oneof![
         any::<i64>().prop_map(|v| v.to_string()),
-        Just("1s".to_string()), Just("true".into()), Just("[1, 2]".into()), Just("a,b".into()),
+        Just("1s".to_string()),
+        Just("true".into()),
+        Just("[1, 2]".into()),
+        Just("a,b".into()),
         // ASCII only: figment 0.10.19 panics on a quoted value with a non-ASCII character
         // before a backslash (see `figment_env_unescape_panics` below, docs/FUZZING.md).
         "[ -~]{0,12}",
@@ -623,7 +690,10 @@ proptest! {
 fn config_from_text_reads_the_file_and_env_layers() {
     let c = Config::load_from_text(
         "max_data_bytes = 1000\n",
-        &[("HISTORY_MAX_MESSAGES".into(), "7".into()), ("SERVICE_HOST".into(), "x".into())],
+        &[
+            ("HISTORY_MAX_MESSAGES".into(), "7".into()),
+            ("SERVICE_HOST".into(), "x".into()),
+        ],
     )
     .unwrap();
     assert_eq!(c.max_data_bytes, 1000);

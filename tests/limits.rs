@@ -38,7 +38,10 @@ async fn upgrade_status(addr: SocketAddr) -> (u16, String, TcpStream) {
                 .unwrap_or(0);
             return (status, body.to_string(), s);
         }
-        assert!(n > 0 && Instant::now() < deadline, "no complete response: {text}");
+        assert!(
+            n > 0 && Instant::now() < deadline,
+            "no complete response: {text}"
+        );
     }
 }
 
@@ -50,7 +53,10 @@ async fn connections_per_client_address_are_bounded() {
     assert_eq!((a, b), (101, 101));
     let (c, body, _) = upgrade_status(node.http).await;
     assert_eq!(c, 429, "{body}");
-    assert!(body.contains("too many connections from this address"), "{body}");
+    assert!(
+        body.contains("too many connections from this address"),
+        "{body}"
+    );
     // SSE counts toward the same bound.
     let (status, body) = http_get(node.http, "/sse?rooms=x").await;
     assert_eq!(status, 429, "{body}");
@@ -69,12 +75,7 @@ async fn connections_per_client_address_are_bounded() {
 
 #[tokio::test]
 async fn connections_being_set_up_are_bounded_and_timed_out() {
-    let node = Node::start(&[
-        "--max-pending-handshakes",
-        "1",
-        "--handshake-timeout",
-        "1s",
-    ]);
+    let node = Node::start(&["--max-pending-handshakes", "1", "--handshake-timeout", "1s"]);
     // A connection that sends nothing holds the one place.
     let mut idle = TcpStream::connect(node.http).await.unwrap();
     node.wait_metric("roomcast_handshakes_pending", |v| v >= 1.0)
@@ -107,7 +108,10 @@ async fn connections_being_set_up_are_bounded_and_timed_out() {
         if status == 101 {
             break kept;
         }
-        assert!(Instant::now() < deadline, "no upgrade after the idle connection closed");
+        assert!(
+            Instant::now() < deadline,
+            "no upgrade after the idle connection closed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     // With the bound at 1, another upgrade can only succeed if the open WebSocket no longer

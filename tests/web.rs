@@ -83,7 +83,10 @@ async fn pages_and_assets_are_ready_for_browsers_and_caches() {
     for path in ["/", "/demo", "/dashboard"] {
         let page = request(node.http, "GET", path, &[]).await;
         assert_eq!(page.status, 200, "{path}");
-        assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+        assert_eq!(
+            page.header("content-type"),
+            Some("text/html; charset=utf-8")
+        );
         assert_eq!(page.header("cache-control"), Some("no-cache"));
         let etag = page.header("etag").expect("pages have an ETag").to_string();
         // Revalidation: the same ETag is a 304 without a body.
@@ -97,7 +100,10 @@ async fn pages_and_assets_are_ready_for_browsers_and_caches() {
         let html = String::from_utf8(page.body).unwrap();
         assert!(!html.contains("{{"), "{path} has an unrendered placeholder");
         let urls = asset_urls(&html);
-        assert!(urls.len() >= 4, "{path} names its script, style, icon and library: {urls:?}");
+        assert!(
+            urls.len() >= 4,
+            "{path} names its script, style, icon and library: {urls:?}"
+        );
         for url in urls {
             // Fingerprinted: NAME.HASH.EXT, 10 hex digits.
             let file = url.rsplit('/').next().unwrap();
@@ -151,13 +157,26 @@ async fn pages_and_assets_are_ready_for_browsers_and_caches() {
     let text = String::from_utf8(lib.body.clone()).unwrap();
     assert!(text.contains("export class RoomcastClient"));
     let etag = lib.header("etag").unwrap().to_string();
-    let r = request(node.http, "GET", "/assets/roomcast.js", &[("If-None-Match", &etag)]).await;
+    let r = request(
+        node.http,
+        "GET",
+        "/assets/roomcast.js",
+        &[("If-None-Match", &etag)],
+    )
+    .await;
     assert_eq!(r.status, 304);
     let d = request(node.http, "GET", "/assets/roomcast.d.ts", &[]).await;
     assert_eq!(d.status, 200);
-    assert_eq!(request(node.http, "GET", "/assets/nope.js", &[]).await.status, 404);
     assert_eq!(
-        request(node.http, "GET", "/assets/..%2Fsrc%2Flib.rs", &[]).await.status,
+        request(node.http, "GET", "/assets/nope.js", &[])
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        request(node.http, "GET", "/assets/..%2Fsrc%2Flib.rs", &[])
+            .await
+            .status,
         404
     );
 }
@@ -236,18 +255,18 @@ async fn the_dashboard_feed_shows_every_member_with_its_numbers() {
     // Every member's numbers reach every node by gossip within a few rounds.
     wait_until("every member's stats in /cluster", || async {
         let v = c.nodes[0].get_json("/cluster").await;
-        v["members"].as_array().unwrap().iter().all(|m| {
-            m["stats"]["at_ms"].as_u64().is_some() && m["stats"]["rooms_owned"].is_u64()
-        })
-    })
-    .await;
-    wait_until("the deliveries counted", || async {
-        let v = c.nodes[0].get_json("/cluster").await;
         v["members"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|m| m["id"] == ids[1].as_str() && m["stats"]["delivered_total"].as_u64() >= Some(20))
+            .all(|m| m["stats"]["at_ms"].as_u64().is_some() && m["stats"]["rooms_owned"].is_u64())
+    })
+    .await;
+    wait_until("the deliveries counted", || async {
+        let v = c.nodes[0].get_json("/cluster").await;
+        v["members"].as_array().unwrap().iter().any(|m| {
+            m["id"] == ids[1].as_str() && m["stats"]["delivered_total"].as_u64() >= Some(20)
+        })
     })
     .await;
     // The publisher's node counts the acknowledged publishes (sampled and gossiped each

@@ -153,7 +153,13 @@ fn now_ms() -> u64 {
 
 /// Appends the stamp, id and tag to the envelope in `buf[..n]`; returns the datagram's length.
 /// `buf` must have room for [`OVERHEAD`] more bytes. (Public for the fuzz tests.)
-pub fn seal_datagram(secret: &ClusterSecret, buf: &mut [u8], n: usize, stamp: u64, id: u64) -> usize {
+pub fn seal_datagram(
+    secret: &ClusterSecret,
+    buf: &mut [u8],
+    n: usize,
+    stamp: u64,
+    id: u64,
+) -> usize {
     buf[n..n + 8].copy_from_slice(&stamp.to_be_bytes());
     buf[n + 8..n + STAMP_LEN].copy_from_slice(&id.to_be_bytes());
     let body = n + STAMP_LEN;

@@ -188,11 +188,11 @@ async fn sse(node: web::Data<NodeContext>, req: actix_web::HttpRequest) -> HttpR
                 p.release();
             }
             HttpResponse::Ok()
-            .content_type("text/event-stream")
-            .insert_header(CORS_ANY)
-            .insert_header(("Cache-Control", "no-cache"))
-            .insert_header(("X-Accel-Buffering", "no"))
-            .streaming(stream)
+                .content_type("text/event-stream")
+                .insert_header(CORS_ANY)
+                .insert_header(("Cache-Control", "no-cache"))
+                .insert_header(("X-Accel-Buffering", "no"))
+                .streaming(stream)
         }
         Err(Refused::BadRequest(m)) => refuse(ErrorCode::BadRequest, StatusCode::BAD_REQUEST, &m),
         Err(Refused::Unauthorized(m)) => {

@@ -16,7 +16,11 @@ use crate::assets::{self, Body, Lookup};
 use crate::node::NodeContext;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    for (path, page) in [("/", "demo"), ("/demo", "demo"), ("/dashboard", "dashboard")] {
+    for (path, page) in [
+        ("/", "demo"),
+        ("/demo", "demo"),
+        ("/dashboard", "dashboard"),
+    ] {
         let handler = move |node: web::Data<NodeContext>, req: HttpRequest| async move {
             match node.assets.page(page) {
                 Some(body) => respond(&req, body, assets::REVALIDATE, false),
@@ -45,7 +49,11 @@ async fn asset(
 }
 
 fn respond(req: &HttpRequest, body: &Body, cache: &'static str, cors: bool) -> HttpResponse {
-    let header_str = |h| req.headers().get(h).and_then(|v: &HeaderValue| v.to_str().ok());
+    let header_str = |h| {
+        req.headers()
+            .get(h)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     let sel = body.select(header_str(header::ACCEPT_ENCODING));
     let not_modified = assets::etag_matches(header_str(header::IF_NONE_MATCH), &sel.etag);
     let mut res = HttpResponse::build(if not_modified {

@@ -179,10 +179,7 @@ impl MessageDecoder {
     /// bytes are needed). After an error the connection is to be closed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, ReadError> {
         loop {
-            let frame = self
-                .codec
-                .decode(buf)
-                .map_err(|e| protocol(e, self.max))?;
+            let frame = self.codec.decode(buf).map_err(|e| protocol(e, self.max))?;
             if buf.is_empty() {
                 // Nothing left to decode: let the allocation go (payloads split from it keep
                 // their part alive only as long as they are used).

@@ -70,9 +70,11 @@ EXPOSE 8080/tcp 7946/tcp 7946/udp
 # Numeric, so Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
 # The image has no curl: `roomcast probe` GETs the URL and exits 0 on HTTP 200. It follows
-# the port of ROOMCAST_LISTEN when that is changed.
+# the port of ROOMCAST_LISTEN when that is changed, and speaks https when
+# ROOMCAST_TLS_CERT_FILE is set (TLS set in a config file instead: override the check).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
-  CMD listen="${ROOMCAST_LISTEN:-:8080}"; roomcast probe --timeout 3s "http://127.0.0.1:${listen##*:}/healthz" || exit 1
+  CMD listen="${ROOMCAST_LISTEN:-:8080}"; scheme=http; [ -z "${ROOMCAST_TLS_CERT_FILE:-}" ] || scheme=https; \
+      roomcast probe --timeout 3s "$scheme://127.0.0.1:${listen##*:}/healthz" || exit 1
 
 # roomcast handles SIGTERM itself (drain: /readyz turns 503, clients get 1001, exit 0 within
 # shutdown_timeout); give it more than that before a SIGKILL (docker stop -t, compose

@@ -29,9 +29,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load-generate against nodes (or nats-server) and check every delivery.
     Bench(crate::bench::BenchArgs),
-    /// GET an http:// URL; exit 0 on status 200, else 1 (container health checks need no curl).
+    /// GET an http:// or https:// URL; exit 0 on status 200, else 1 (container health checks
+    /// need no curl). Over https the certificate is not checked: the probe asks whether the
+    /// node answers, not who it is.
     Probe {
-        /// e.g. http://127.0.0.1:8080/healthz
+        /// e.g. http://127.0.0.1:8080/healthz or https://127.0.0.1:8443/healthz
         url: String,
         /// Give up after this long.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -65,14 +67,17 @@ fn probe(url: &str, timeout: std::time::Duration) -> ExitCode {
     }
 }
 
-/// A minimal blocking HTTP/1.0 GET returning the status code.
+/// A minimal blocking HTTP/1.0 GET returning the status code (https: over TLS, the
+/// certificate not checked).
 fn http_status(url: &str, timeout: std::time::Duration) -> std::io::Result<u16> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_string());
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| bad("only http:// URLs"))?;
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (false, r),
+        (_, Some(r)) => (true, r),
+        _ => return Err(bad("only http:// and https:// URLs")),
+    };
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -81,10 +86,16 @@ fn http_status(url: &str, timeout: std::time::Duration) -> std::io::Result<u16> 
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| bad("host resolves to nothing"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    let s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
+    let mut s: Box<dyn ReadWrite> = if tls {
+        Box::new(unverified_tls(s, host)?)
+    } else {
+        Box::new(s)
+    };
     write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    s.flush()?;
     let mut head = [0u8; 64];
     let n = s.read(&mut head)?;
     let line = String::from_utf8_lossy(&head[..n]);
@@ -92,6 +103,81 @@ fn http_status(url: &str, timeout: std::time::Duration) -> std::io::Result<u16> 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| bad("not an HTTP response"))
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
+/// A TLS client connection that accepts any certificate (the probe's only question is
+/// whether the node answers).
+fn unverified_tls(
+    s: std::net::TcpStream,
+    host: &str,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use std::sync::Arc;
+
+    #[derive(Debug)]
+    struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    let err = |e: rustls::Error| std::io::Error::other(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(err)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    let name_host = host
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(host);
+    let name = ServerName::try_from(name_host.to_string())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(err)?;
+    Ok(rustls::StreamOwned::new(conn, s))
 }
 
 /// Exit 0 when the run saw no violation, 1 when it did, 2 on a usage or setup error.

@@ -47,7 +47,7 @@ pub struct Config {
     #[serde(deserialize_with = "opt_string_like")]
     pub advertise: Option<String>,
     /// WebSocket URL clients should use to reach this node, sent in reconnect hints when
-    /// another node drains (default `ws://ADVERTISED_HTTP/ws`).
+    /// another node drains (default `ws://ADVERTISED_HTTP/ws`, `wss://` with TLS).
     #[serde(deserialize_with = "opt_string_like")]
     pub public_url: Option<String>,
     /// Where the demo and dashboard pages load their static files from: a CDN origin such as
@@ -155,6 +155,11 @@ pub struct Config {
     pub jwks_file: Option<PathBuf>,
     /// Keys of the HTTP server API (`Authorization: Bearer KEY`), one per line.
     pub api_keys_file: Option<PathBuf>,
+    /// TLS for clients: PEM certificate chain (leaf first). With `tls_key_file`, `listen`
+    /// serves `https://` and `wss://` only; the files are read again on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS for clients: PEM private key of the certificate (PKCS#8, RSA or EC).
+    pub tls_key_file: Option<PathBuf>,
     /// With `auth = required`, how long a connection without a token in its URL has to send
     /// `auth` before it is closed with 4401.
     #[serde(with = "humantime_serde")]
@@ -212,6 +217,8 @@ impl Default for Config {
             jwt_public_key_file: None,
             jwks_file: None,
             api_keys_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             auth_timeout: Duration::from_secs(10),
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
@@ -332,7 +339,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
-    /// WebSocket URL clients should use for this node in reconnect hints [default: ws://ADVERTISED_HTTP/ws].
+    /// WebSocket URL clients should use for this node in reconnect hints [default: ws://ADVERTISED_HTTP/ws, wss:// with TLS].
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
@@ -512,6 +519,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_keys_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for https:// and wss:// on --listen; reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS private key (PEM) of --tls-cert-file.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
     /// With auth=required, time a connection has to authenticate [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(
@@ -820,6 +835,8 @@ impl Config {
                 ),
             ));
         }
+        crate::tls::files_from(self.tls_cert_file.as_deref(), self.tls_key_file.as_deref())
+            .map_err(|e| invalid("tls_cert_file", e))?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| invalid("log_level", e.to_string()))?;
         Ok(())

@@ -62,6 +62,7 @@ pub mod session;
 pub mod socket;
 pub mod sse;
 pub mod status;
+pub mod tls;
 
 /// Wall-clock time in unix microseconds (event timestamps, history age, latency).
 pub fn now_us() -> u64 {

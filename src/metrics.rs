@@ -53,6 +53,7 @@ pub const PRESENCE_REFUSED: &str = "roomcast_presence_refused_total";
 pub const CONNECTIONS_REFUSED: &str = "roomcast_connections_refused_total";
 pub const HANDSHAKES_PENDING: &str = "roomcast_handshakes_pending";
 pub const ROOMS_REFUSED: &str = "roomcast_rooms_refused_total";
+pub const TLS_RELOADS: &str = "roomcast_tls_reloads_total";
 
 /// Histogram buckets for latencies, in seconds (50 µs … 5 s).
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -97,6 +98,10 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_REFUSED,
         "Client connections turned away before they started, by reason (per_ip, pending_handshakes, max_connections, shutting_down)"
+    );
+    describe_counter!(
+        TLS_RELOADS,
+        "TLS certificate reloads on SIGHUP, by result (ok, error: the previous certificate stays)"
     );
     describe_gauge!(
         HANDSHAKES_PENDING,
@@ -376,6 +381,12 @@ pub fn render_latency(out: &mut String) {
 /// `max_connections`), by reason.
 pub fn connection_refused(reason: &'static str) {
     metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// A TLS certificate reload (SIGHUP) that worked or failed.
+pub fn tls_reload(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(TLS_RELOADS, "result" => result).increment(1);
 }
 
 /// HTTP connections not yet a WebSocket or SSE stream.

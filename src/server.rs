@@ -25,6 +25,7 @@ use crate::node::{ConnRegistry, NodeContext};
 use crate::protocol::CloseReason;
 use crate::rooms::Shards;
 use crate::routing::{HistoryLimits, Input, RouterConfig};
+use crate::tls::CertStore;
 
 /// Why the node could not run.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,8 @@ pub enum ServerError {
     Http(std::io::Error),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A node-wide request from a peer (`internode::Control`).
@@ -110,6 +113,16 @@ fn load_auth(config: &Config) -> Result<(Option<Verifier>, Option<ApiKeys>), Ser
     Ok((verifier, api_keys))
 }
 
+/// Reads the client TLS certificate and key when the config names them.
+fn load_tls(config: &Config) -> Result<Option<Arc<CertStore>>, ServerError> {
+    let files = crate::tls::files_from(
+        config.tls_cert_file.as_deref(),
+        config.tls_key_file.as_deref(),
+    )
+    .map_err(crate::tls::TlsError::Config)?;
+    Ok(files.map(CertStore::load).transpose()?)
+}
+
 /// Runs a node until it is told to stop (SIGTERM/SIGINT). Blocks the calling thread.
 pub fn run(config: Config) -> Result<(), ServerError> {
     let config = Arc::new(config);
@@ -147,6 +160,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let gossip_addr = resolve(&host, cluster_bound.port())?;
 
     let (verifier, api_keys) = load_auth(&config)?;
+    let tls = load_tls(&config)?;
+    let ws_scheme = if tls.is_some() { "wss" } else { "ws" };
     let router_cfg = RouterConfig {
         history: HistoryLimits {
             max_messages: config.history_max_messages,
@@ -169,7 +184,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 ws: config
                     .public_url
                     .clone()
-                    .unwrap_or_else(|| format!("ws://{http_addr}/ws")),
+                    .unwrap_or_else(|| format!("{ws_scheme}://{http_addr}/ws")),
                 seeds: config.seed.clone(),
                 gossip_interval: config.gossip_interval,
                 failure_timeout: config.failure_timeout,
@@ -249,6 +264,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     tracing::info!(
         node = %node_id,
         http = %http_bound,
+        tls = tls.is_some(),
         cluster = %cluster_bound,
         advertise_http = %http_addr,
         advertise_cluster = %cluster_addr,
@@ -258,7 +274,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     );
 
     let system = actix_web::rt::System::new();
-    let result = system.block_on(serve_http(node.clone(), http_listener));
+    let result = system.block_on(serve_http(node.clone(), http_listener, tls));
     core.shutdown_timeout(Duration::from_secs(1));
     result
 }
@@ -410,25 +426,21 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, ServerError> {
 
 /// Serves HTTP on actix-server: actix-http's HTTP/1 service with the actix-web `App` for the
 /// routes and, for WebSocket upgrades, the upgrade service that takes the socket out of the
-/// HTTP layer (`http::upgrade`).
+/// HTTP layer (`http::upgrade`). With a certificate, over TLS (rustls) only: `https://`,
+/// `wss://`; the certificate is read again on SIGHUP (`crate::tls`).
 async fn serve_http(
     node: Arc<NodeContext>,
     listener: std::net::TcpListener,
+    tls: Option<Arc<CertStore>>,
 ) -> Result<(), ServerError> {
     use actix_service::map_config;
     use actix_web::dev::AppConfig;
 
     let cfg = node.config.clone();
     let app_node = node.clone();
-    let server = actix_server::Server::build()
-        .workers(cfg.worker_threads())
-        // Per worker; WebSocket connections leave actix-server's count once upgraded (the
-        // node counts them itself for `max_connections`).
-        .max_concurrent_connections(cfg.max_connections.max(1))
-        .backlog(4096)
-        .disable_signals()
-        .shutdown_timeout(cfg.shutdown_timeout.as_secs().max(1))
-        .listen("http", listener, move || {
+    // The HTTP service for one worker, over the connection type the listener hands it.
+    macro_rules! http_service {
+        ($finish:ident) => {{
             let app = actix_web::App::new()
                 .app_data(actix_web::web::Data::from(app_node.clone()))
                 .configure(crate::http::routes);
@@ -436,21 +448,89 @@ async fn serve_http(
             actix_http::HttpService::build()
                 // A connection has `handshake_timeout` to send its request head (then 408).
                 .client_request_timeout(cfg.handshake_timeout)
-                // Counted as pending from accept until it becomes a WebSocket or SSE stream.
-                .on_connect_ext(move |_: &actix_web::rt::net::TcpStream, data| {
+                // Counted as pending from accept (after TLS, with TLS) until it becomes a
+                // WebSocket or SSE stream.
+                .on_connect_ext(move |_: &_, data| {
                     data.insert(door.accepted());
                 })
                 .upgrade(crate::http::upgrade::WsUpgradeFactory {
                     node: app_node.clone(),
                 })
-                .h1(map_config(app, |_| AppConfig::default()))
-                .tcp()
-        })
-        .map_err(ServerError::Http)?
-        .run();
+                .$finish(map_config(app, |_| AppConfig::default()))
+        }};
+    }
+    let builder = actix_server::Server::build()
+        .workers(cfg.worker_threads())
+        // Per worker; WebSocket connections leave actix-server's count once upgraded (the
+        // node counts them itself for `max_connections`).
+        .max_concurrent_connections(cfg.max_connections.max(1))
+        .backlog(4096)
+        .disable_signals()
+        .shutdown_timeout(cfg.shutdown_timeout.as_secs().max(1));
+    let server = match &tls {
+        None => builder.listen("http", listener, move || http_service!(h1).tcp()),
+        Some(store) => {
+            let tls_config = store.server_config()?;
+            // TLS handshakes in progress, per worker: the node's share of
+            // `max_pending_handshakes` (past it, accepting pauses), each within
+            // `handshake_timeout`.
+            actix_tls::accept::max_concurrent_tls_connect(
+                cfg.max_pending_handshakes
+                    .div_ceil(cfg.worker_threads())
+                    .max(1),
+            );
+            let timeout = cfg.handshake_timeout;
+            builder.listen("https", listener, move || {
+                // `finish` (not `h1`): its TLS service offers ALPN `http/1.1` and takes a
+                // handshake timeout. Without the `http2` feature it serves HTTP/1 only.
+                http_service!(finish).rustls_0_23_with_config(
+                    tls_config.clone(),
+                    actix_http::TlsAcceptorConfig::default().handshake_timeout(timeout),
+                )
+            })
+        }
+    }
+    .map_err(ServerError::Http)?
+    .run();
     let handle = server.handle();
     actix_web::rt::spawn(shutdown_on_signal(node, handle));
+    actix_web::rt::spawn(reload_on_hangup(tls));
     server.await.map_err(ServerError::Http)
+}
+
+/// SIGHUP: reads the TLS certificate and key again. New handshakes present the new pair;
+/// connections already open keep theirs. A pair that does not load keeps the old one. Without
+/// TLS there is nothing to reload, and SIGHUP does not stop the node either.
+async fn reload_on_hangup(store: Option<Arc<CertStore>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP: the TLS certificate will not be reloaded");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            let Some(store) = &store else {
+                tracing::info!("SIGHUP: nothing to reload (no tls_cert_file)");
+                continue;
+            };
+            match store.reload() {
+                Ok(()) => {
+                    m::tls_reload(true);
+                    tracing::info!(cert = %store.files().cert.display(), "SIGHUP: TLS certificate reloaded");
+                }
+                Err(e) => {
+                    m::tls_reload(false);
+                    tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the previous one stays in use");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = store;
 }
 
 async fn shutdown_on_signal(node: Arc<NodeContext>, server: actix_server::ServerHandle) {

@@ -3,9 +3,10 @@
 //! actix-http sends every request that asks for a WebSocket upgrade here instead of to the
 //! actix-web `App`. This service applies the node's rules (the path is `/ws`; 503 while
 //! shutting down or at `max_connections`; the door's bounds of `crate::admission`: 503 past
-//! `max_pending_handshakes`, 429 past `max_connections_per_ip`), lets `socket::handshake` check and answer the
-//! handshake, and starts the connection actor with the TCP stream. A plain `GET /ws` (no
-//! upgrade) still goes to the `App`, which answers 400.
+//! `max_pending_handshakes`, 429 past `max_connections_per_ip`), lets `socket::handshake` check
+//! and answer the handshake, and starts the connection actor with the stream (TCP, or TLS when
+//! the node serves `wss://` itself). A plain `GET /ws` (no upgrade) still goes to the `App`,
+//! which answers 400.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,6 +22,7 @@ use crate::admission::Pending;
 use crate::node::NodeContext;
 use crate::session::Session;
 use crate::socket::handshake::{self, Upgrading};
+use crate::socket::stream::IntoClientStream;
 
 /// Why an upgrade ended without a connection (only socket errors; refusals are answered).
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +64,13 @@ fn url_token(req: &Request) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
-/// The upgrade service of one worker.
-pub struct WsUpgrade {
+/// The upgrade service of one worker, for connections of type `T` (TCP, or TLS over TCP).
+pub struct WsUpgrade<T> {
     node: Arc<NodeContext>,
+    _io: std::marker::PhantomData<fn(T)>,
 }
 
-impl Service<(Request, Upgrading)> for WsUpgrade {
+impl<T: IntoClientStream> Service<(Request, Upgrading<T>)> for WsUpgrade<T> {
     type Response = ();
     type Error = UpgradeError;
     type Future = Pin<Box<dyn Future<Output = Result<(), UpgradeError>>>>;
@@ -76,7 +79,7 @@ impl Service<(Request, Upgrading)> for WsUpgrade {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&self, (req, mut framed): (Request, Upgrading)) -> Self::Future {
+    fn call(&self, (req, mut framed): (Request, Upgrading<T>)) -> Self::Future {
         let node = self.node.clone();
         Box::pin(async move {
             if req.path() != "/ws" {
@@ -135,17 +138,18 @@ pub struct WsUpgradeFactory {
     pub node: Arc<NodeContext>,
 }
 
-impl ServiceFactory<(Request, Upgrading)> for WsUpgradeFactory {
+impl<T: IntoClientStream> ServiceFactory<(Request, Upgrading<T>)> for WsUpgradeFactory {
     type Response = ();
     type Error = UpgradeError;
     type Config = ();
-    type Service = WsUpgrade;
+    type Service = WsUpgrade<T>;
     type InitError = ();
-    type Future = std::future::Ready<Result<WsUpgrade, ()>>;
+    type Future = std::future::Ready<Result<WsUpgrade<T>, ()>>;
 
     fn new_service(&self, _: ()) -> Self::Future {
         std::future::ready(Ok(WsUpgrade {
             node: self.node.clone(),
+            _io: std::marker::PhantomData,
         }))
     }
 }

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, AsyncContext, Handler, StreamHandler};
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use crate::auth::{AuthMode, CLOCK_LEEWAY_S, Claims, Failure, Right};
 use crate::conn::{CloseNow, ConnHandle, JoinDone, send_reply};
@@ -233,14 +232,13 @@ impl Session {
     /// accepted it), with its writer task. `leftover`: bytes read past the handshake.
     pub fn start(
         node: Arc<NodeContext>,
-        stream: TcpStream,
+        stream: crate::socket::stream::ClientStream,
         leftover: BytesMut,
         url_token: Option<String>,
         ip_slot: Option<crate::admission::IpSlot>,
     ) {
         let cfg = &node.config;
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = stream.split();
         let reader = Reader::new(rd, leftover, cfg.max_frame_bytes);
         let (outbox, rx) = outbox::outbox(cfg.outbound_max_messages, cfg.outbound_max_bytes);
         let grace = cfg.shutdown_timeout.min(Duration::from_secs(5));

@@ -1,7 +1,7 @@
 //! The WebSocket handshake on actix-http's upgrade path.
 //!
 //! actix-http hands a WebSocket upgrade request to the upgrade service with the connection as a
-//! `Framed<TcpStream, h1::Codec>` (the HTTP/1 dispatcher is finished with it). Here the request
+//! `Framed<T, h1::Codec>`, `T` a TCP or TLS stream (the HTTP/1 dispatcher is finished with it). Here the request
 //! is checked with actix-http's own handshake rules, the 101 answer is written, and the TCP
 //! stream comes out of the `Framed` together with any bytes the HTTP layer already read past
 //! the request (a client may send its first frames right behind the handshake). From then on
@@ -15,13 +15,17 @@ use actix_http::ws::{self, HandshakeError};
 use actix_http::{Request, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
-use tokio::net::TcpStream;
+
+use super::stream::{ClientStream, IntoClientStream};
 
 /// The connection as actix-http hands it to the upgrade service.
-pub type Upgrading = actix_codec::Framed<TcpStream, h1::Codec>;
+pub type Upgrading<T> = actix_codec::Framed<T, h1::Codec>;
 
 /// Writes a complete response with a small body, then the connection is done with.
-pub async fn respond(framed: &mut Upgrading, res: Response<Bytes>) -> io::Result<()> {
+pub async fn respond<T: IntoClientStream>(
+    framed: &mut Upgrading<T>,
+    res: Response<Bytes>,
+) -> io::Result<()> {
     let (res, body) = res.into_parts();
     let len = body.len();
     let res = res.drop_body();
@@ -35,7 +39,10 @@ pub async fn respond(framed: &mut Upgrading, res: Response<Bytes>) -> io::Result
 }
 
 /// Writes the handshake's refusal (400, 405 or 426, as actix-http decides).
-pub async fn refuse(framed: &mut Upgrading, e: HandshakeError) -> io::Result<()> {
+pub async fn refuse<T: IntoClientStream>(
+    framed: &mut Upgrading<T>,
+    e: HandshakeError,
+) -> io::Result<()> {
     let res: Response<actix_http::body::BoxBody> = e.into();
     let (res, body) = res.into_parts();
     let body = body.try_into_bytes().unwrap_or_default();
@@ -47,13 +54,16 @@ pub fn check(req: &Request) -> Result<(), HandshakeError> {
     ws::verify_handshake(req.head())
 }
 
-/// Answers a checked handshake with 101 and takes the socket out of the HTTP layer: the TCP
+/// Answers a checked handshake with 101 and takes the socket out of the HTTP layer: the
 /// stream and the bytes already read past the request.
-pub async fn accept(req: &Request, mut framed: Upgrading) -> io::Result<(TcpStream, BytesMut)> {
+pub async fn accept<T: IntoClientStream>(
+    req: &Request,
+    mut framed: Upgrading<T>,
+) -> io::Result<(ClientStream, BytesMut)> {
     let res = ws::handshake_response(req.head()).finish().drop_body();
     framed.send(Message::Item((res, BodySize::None))).await?;
     let parts = framed.into_parts();
     // `send` flushed the 101: nothing of the HTTP layer is left to write.
     debug_assert!(parts.write_buf.is_empty());
-    Ok((parts.io, parts.read_buf))
+    Ok((parts.io.into_client_stream(), parts.read_buf))
 }

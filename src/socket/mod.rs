@@ -18,10 +18,12 @@
 //!    frames, close frame, FIN.
 //!
 //! The socket is split: the actor owns the read half, the writer the write half; the socket is
-//! closed when both let go. Nothing here knows rooms or the client protocol's JSON.
+//! closed when both let go. [`stream`] hides whether it is plain TCP or TLS (rustls, when the
+//! node serves `wss://` itself); the plain path makes its system calls directly. Nothing here knows rooms or the client protocol's JSON.
 
 pub mod frame;
 pub mod handshake;
 pub mod outbox;
 pub mod reader;
+pub mod stream;
 pub mod writer;

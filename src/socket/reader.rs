@@ -13,11 +13,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use super::stream::ReadHalf;
+
 use actix_http::ws::{Codec, Frame, Item, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::Stream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::codec::Decoder;
 
 /// A whole client message.
@@ -144,13 +145,10 @@ fn protocol(e: ProtocolError, max: usize) -> ReadError {
     }
 }
 
-/// Bytes read per system call at most; the buffer is allocated only while data is there.
-const READ_CHUNK: usize = 4096;
-
 /// The client's messages, read from the socket's read half. Ends after the client's close
 /// frame's message, at EOF, or after the first error.
 pub struct Reader {
-    io: OwnedReadHalf,
+    io: ReadHalf,
     buf: BytesMut,
     dec: MessageDecoder,
     done: bool,
@@ -195,7 +193,7 @@ impl MessageDecoder {
 
 impl Reader {
     /// `leftover`: bytes the HTTP layer read past the handshake (the client's first frames).
-    pub fn new(io: OwnedReadHalf, leftover: BytesMut, max: usize) -> Reader {
+    pub fn new(io: ReadHalf, leftover: BytesMut, max: usize) -> Reader {
         Reader {
             io,
             buf: leftover,
@@ -227,26 +225,13 @@ impl Stream for Reader {
                     return Poll::Ready(Some(Err(e)));
                 }
             }
-            if let Err(e) = ready!(this.io.as_ref().poll_read_ready(cx)) {
-                this.done = true;
-                return Poll::Ready(Some(Err(e.into())));
-            }
-            if this.buf.capacity() - this.buf.len() < READ_CHUNK / 4 {
-                this.buf.reserve(READ_CHUNK);
-            }
-            match this.io.try_read_buf(&mut this.buf) {
+            match ready!(this.io.poll_read_into(cx, &mut this.buf)) {
                 Ok(0) => {
                     // EOF (a partial frame left is simply dropped with the connection).
                     this.done = true;
                     return Poll::Ready(None);
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if this.buf.is_empty() {
-                        this.buf = BytesMut::new();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     this.done = true;
                     return Poll::Ready(Some(Err(e.into())));

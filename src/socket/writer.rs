@@ -35,30 +35,21 @@ pub const MAX_PENDING: usize = 1024;
 /// Slices per `writev` at most (Linux allows 1024; 64 already carries ~16 KiB of small frames).
 const MAX_IOV: usize = 64;
 
-/// The socket as the writer needs it. Implemented for a TCP write half and, in tests, for an
-/// in-memory socket that writes partially or blocks on demand.
+/// The socket as the writer needs it. Implemented for a client connection's write half (TCP or
+/// TLS, `super::stream`) and, in tests, for an in-memory socket that writes partially or blocks
+/// on demand.
 pub trait Transport {
     /// Writes as much of `bufs` as the socket takes now, without waiting
     /// (`ErrorKind::WouldBlock` if it takes nothing).
     fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     /// Ready when the socket may take more.
     fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Ready when bytes the transport buffered itself (TLS records) are on the socket.
+    fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
     /// Shuts the write side down (FIN after what was written).
     fn shutdown(&mut self);
-}
-
-impl Transport for tokio::net::tcp::OwnedWriteHalf {
-    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
-    }
-
-    fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.as_ref().poll_write_ready(cx)
-    }
-
-    fn shutdown(&mut self) {
-        let _ = socket2::SockRef::from(self.as_ref()).shutdown(std::net::Shutdown::Write);
-    }
 }
 
 /// Frames taken from the outbox and not yet fully written.
@@ -178,7 +169,25 @@ pub async fn run<T: Transport>(
         counting.take(&rx, &mut p);
         if p.is_empty() {
             rounds = 0;
-            std::future::poll_fn(|cx| rx.poll_ready(cx)).await;
+            // Flush what the transport buffered (TLS) while waiting for more frames.
+            let mut flushed = false;
+            let r = std::future::poll_fn(|cx| {
+                if !flushed {
+                    match t.poll_flush(cx) {
+                        Poll::Ready(Ok(())) => flushed = true,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
+                    }
+                }
+                rx.poll_ready(cx).map(Ok)
+            })
+            .await;
+            if r.is_err() {
+                rx.socket_gone();
+                m::disconnect(CloseReason::Normal);
+                on_closing(CloseReason::Normal);
+                return WriterEnd::SocketGone;
+            }
             // The cork: one scheduler turn, so frames queued meanwhile (more delivery batches,
             // replies) join this write. No timer: an idle node adds no latency.
             tokio::task::yield_now().await;
@@ -251,7 +260,7 @@ async fn flush<T: Transport>(t: &mut T, p: &mut Pending, grace: Duration) -> boo
     let all = async {
         loop {
             match p.write_some(t) {
-                Ok(true) => return true,
+                Ok(true) => return std::future::poll_fn(|cx| t.poll_flush(cx)).await.is_ok(),
                 Ok(false) => {
                     if std::future::poll_fn(|cx| t.poll_writable(cx))
                         .await

@@ -633,7 +633,7 @@ pub fn handshake_request(addr: SocketAddr, path: &str, version: &str) -> String 
     )
 }
 
-fn parse_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+pub fn parse_frame(b: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
     if b.len() < 2 {
         return None;
     }

@@ -20,7 +20,8 @@
 # Env: SCENARIOS (default "a b c d e"; results of other scenarios in bench-results/ are kept),
 # TABLE_SCENARIOS (scenarios in the table; default SCENARIOS), SKIP_NATS=1, ROOMCAST_BIN,
 # TARGETS (e.g. "rc3": run only these of rc1 rc3 nats1 nats3; default all that fit the scenario),
-# KEEP_LOGS=DIR (copy the servers' logs there at the end),
+# KEEP_LOGS=DIR (copy the servers' logs there at the end, with each roomcast node's /metrics and
+# /cluster as they were before it was stopped), LOG_LEVEL (the roomcast nodes'; default warn),
 # INTERNODE: how roomcast nodes talk to each other — "clear" (default: no cluster secret, as
 # on loopback), "auth" (a cluster secret, internode_encryption = false: frames authenticated,
 # in clear) or "encrypt" (a cluster secret, frames encrypted: the default of a node with one).
@@ -51,7 +52,22 @@ ulimit -n "$(ulimit -Hn)" || true
 
 run_dir=$(mktemp -d)
 declare -a started=()
+# With KEEP_LOGS: each roomcast node's /metrics and /cluster as they were at the end, before
+# it is stopped (the counters that tell what happened: owner changes, epochs, quorum, links).
+snapshot() { # name port
+  local f
+  for f in metrics cluster; do
+    (exec 3<>"/dev/tcp/127.0.0.1/$2" && printf 'GET /%s HTTP/1.0\r\n\r\n' "$f" >&3 && cat <&3) \
+      >"$run_dir/$1.$f.log" 2>/dev/null || true
+  done
+}
 cleanup() {
+  if [ -n "${KEEP_LOGS:-}" ]; then
+    for n in "rc1 21081" "rca 21181" "rcb 21182" "rcc 21183"; do
+      # shellcheck disable=SC2086
+      snapshot $n
+    done
+  fi
   for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${started[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS" && cp "$run_dir"/*.log "$KEEP_LOGS"/ 2>/dev/null || true; fi
@@ -95,7 +111,7 @@ esac
 # ignore, so the same line serves bench-compare.sh's baselines).
 rc_start() { # name http cluster seed
   ROOMCAST_MAX_CONNECTIONS_PER_IP=0 "$bin" serve --node-id "$1" --listen "127.0.0.1:$2" --cluster-listen "127.0.0.1:$3" \
-    ${4:+--seed "$4"} --publish-rate 0 --max-connections 100000 --log-level warn \
+    ${4:+--seed "$4"} --publish-rate 0 --max-connections 100000 --log-level "${LOG_LEVEL:-warn}" \
     ${internode_args[@]+"${internode_args[@]}"} >"$run_dir/$1.log" 2>&1 &
   started+=($!)
   eval "pid_$1=$!"

@@ -943,15 +943,17 @@ impl<H: Clone> Router<H> {
             }
             p.waiting.retain(|n| *n != from);
             if let Some(s) = state {
-                // Two holders (views disagreed for a while): keep the one further along.
+                // Two holders (views disagreed for a while, or the owner and its replica):
+                // keep the one further along, with every interested node either knew.
                 if let Some(f) = &p.found
                     && f.epoch != s.epoch
                 {
                     self.stats.handoff_conflicts += 1;
                 }
-                if p.found.as_ref().is_none_or(|f| s.seq > f.seq) {
-                    p.found = Some(s);
-                }
+                p.found = Some(match p.found.take() {
+                    Some(f) => further_along(f, s),
+                    None => s,
+                });
             }
             if p.waiting.is_empty() {
                 self.resolve_pending(&room, out);
@@ -977,8 +979,18 @@ impl<H: Clone> Router<H> {
             None => {
                 self.install_owned(room, OwnedRoom::from_state(s, &limits), out);
             }
-            // The same state again (a re-send after a link reset), or an older one of it.
-            Some(r) if r.epoch == s.epoch && r.seq >= s.seq => {}
+            // The same state again (a re-send after a link reset), or an older one of it. What
+            // it knows still counts when the room here came from a replica's copy (installed
+            // after the wait for the owner ran out), which knows no interested nodes and has
+            // fewer moves: the owner that let the room go now counts it one move further.
+            Some(r) if r.epoch == s.epoch && r.seq >= s.seq => {
+                r.moves = r.moves.max(s.moves);
+                for n in s.interested {
+                    if !r.interested.contains(&n) {
+                        r.interested.push(n);
+                    }
+                }
+            }
             // A room this node created but has not used yet, or a shorter copy of the same
             // epoch, yields to the handed state.
             Some(r) if (r.seq == 0 && r.history.is_empty()) || r.epoch == s.epoch => {
@@ -1265,6 +1277,29 @@ impl<H: Clone> Router<H> {
         self.moved
             .retain(|_, m| m.state.is_some() || m.until_us > now);
     }
+}
+
+/// Of two states of one room found while looking for it, the one further along: the higher
+/// seq, then the more moves. A live owner hands its room over with one more move than any
+/// copy its replicas hold, so with equal seqs the room itself wins over a replica's copy —
+/// which matters twice: a copy knows no interested nodes and no waiting publishers, and a copy
+/// installed in place of the room would later be handed back to that owner with no more moves
+/// than the room left it with, which the owner takes for a stale re-send of its own snapshot
+/// and drops (then nobody holds the room). The interested nodes of both are kept: a node
+/// registered with either must go on getting events (one that no longer follows the room
+/// answers an event with `Unsubscribe`), and no member re-registers unless its view changes.
+fn further_along(a: RoomState, b: RoomState) -> RoomState {
+    let (mut keep, other) = if (b.seq, b.moves) > (a.seq, a.moves) {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    for n in other.interested {
+        if !keep.interested.contains(&n) {
+            keep.interested.push(n);
+        }
+    }
+    keep
 }
 
 #[cfg(test)]

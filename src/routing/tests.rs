@@ -1497,6 +1497,106 @@ fn a_room_in_transit_is_waited_for_not_restarted() {
     assert_eq!(s.nodes[&node("c")].stats().fresh_epochs, 0);
 }
 
+/// The flaky 3-node bench (a whole node's subscribers received nothing; in other runs joins
+/// waited 10 s and the room restarted in a new epoch). On a fresh cluster a — the seed, ready
+/// first — still saw only itself eligible when it was asked about r, owned by b and
+/// replicated on c. It asked b and c for r's state. c answered first with its replica copy,
+/// which carries no interested nodes, then b handed over the room itself — same seq — and a
+/// kept the copy (only a higher seq replaced a found state). So the registrations of b's and
+/// c's subscribers were gone, and b, whose view never changed, never re-registered: the room
+/// came back to it without its own node among the interested. And the copy's `moves` predated
+/// b's handoff, so when a handed r back, b took the returning state for a stale re-send of its
+/// own snapshot and dropped it: nobody owned r, and requests bounced between the two until
+/// their refusal marks expired (10 s), then b opened a new epoch, losing what a acknowledged.
+#[test]
+fn a_live_owners_state_wins_over_a_replica_copy_and_keeps_the_interested_nodes() {
+    let nodes = ["a", "b", "c"];
+    let mut s = Sim::with_cfg(&nodes, replicated_cfg(1));
+    let r = room_ranked("b", "c", &nodes);
+    s.join("b", 1, &r, None);
+    s.join("c", 2, &r, None);
+    s.settle();
+    assert!(matches!(&s.replies(1)[..], [Reply::Joined { .. }]));
+    assert!(matches!(&s.replies(2)[..], [Reply::Joined { .. }]));
+    assert_eq!(s.nodes[&node("c")].replica_copies(), 1);
+    // a's view lags: it sees only itself eligible, so r is its own, and it asks b and c.
+    view(&mut s, &["a"], &["a"], &["a", "b", "c"]);
+    s.publish("a", 9, &r, "1");
+    // c's answer (its replica copy) arrives before b's (the room itself).
+    assert!(s.pump_one("a", "c"));
+    assert!(s.pump_one("c", "a"));
+    s.settle();
+    assert_eq!(published(&s.replies(9)), vec![1]);
+    assert_eq!(s.events(1), vec![1], "b's subscriber is still registered");
+    assert_eq!(s.events(2), vec![1], "c's subscriber is still registered");
+    // a's view catches up: r goes back to b, with everyone's interest.
+    view(&mut s, &["a"], &["a", "b", "c"], &["a", "b", "c"]);
+    s.settle();
+    assert_eq!(s.nodes[&node("b")].owned_rooms(), 1, "b took r back");
+    s.publish("c", 8, &r, "2");
+    s.settle();
+    assert_eq!(published(&s.replies(8)), vec![2], "same epoch, next seq");
+    assert_eq!(s.events(1), vec![2]);
+    assert_eq!(s.events(2), vec![2]);
+    for n in nodes {
+        assert_eq!(
+            s.nodes[&node(n)].stats().fresh_epochs,
+            u64::from(n == "b"),
+            "at {n}"
+        );
+    }
+}
+
+/// The same, when the owner's answer comes after the wait for it ran out: the asker took the
+/// replica's copy, and the owner's state, arriving late with the same seq, is not installed —
+/// but its interested nodes and its count of moves are kept.
+#[test]
+fn a_live_owners_late_state_still_brings_its_interested_nodes() {
+    let nodes = ["a", "b", "c"];
+    let mut s = Sim::with_cfg(&nodes, replicated_cfg(1));
+    let r = room_ranked("b", "c", &nodes);
+    s.join("b", 1, &r, None);
+    s.join("c", 2, &r, None);
+    s.settle();
+    s.take(1);
+    s.take(2);
+    view(&mut s, &["a"], &["a"], &["a", "b", "c"]);
+    s.publish("a", 9, &r, "1");
+    // c answers with its copy; the question to b is held until a stopped waiting.
+    assert!(s.pump_one("a", "c"));
+    assert!(s.pump_one("c", "a"));
+    s.now_us += 31_000_000;
+    s.input("a", Input::Tick);
+    // Only the publish's own deadline ran out (5 s): it failed, and a owns r from the copy.
+    s.take(9);
+    assert_eq!(s.nodes[&node("a")].owned_rooms(), 1);
+    // The question reaches b at last; b hands the room over (same seq: the held publish was
+    // sequenced when the wait ended, with nobody registered to receive it).
+    s.settle();
+    s.publish("a", 9, &r, "2");
+    s.settle();
+    assert_eq!(published(&s.replies(9)), vec![2]);
+    // The event of 2 reaches b and c, which repair the gap from history.
+    assert_eq!(
+        s.events(1),
+        vec![1, 2],
+        "b's subscriber is still registered"
+    );
+    assert_eq!(
+        s.events(2),
+        vec![1, 2],
+        "c's subscriber is still registered"
+    );
+    view(&mut s, &["a"], &["a", "b", "c"], &["a", "b", "c"]);
+    s.settle();
+    assert_eq!(s.nodes[&node("b")].owned_rooms(), 1, "b took r back");
+    s.publish("c", 8, &r, "3");
+    s.settle();
+    assert_eq!(published(&s.replies(8)), vec![3]);
+    assert_eq!(s.events(1), vec![3]);
+    assert_eq!(s.events(2), vec![3]);
+}
+
 // ---------------------------------------------------------------- randomised schedules
 
 /// xorshift64*: a tiny deterministic generator, so a failing schedule is replayed by its seed.

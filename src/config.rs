@@ -606,6 +606,9 @@ impl Config {
         // (Kubernetes adds ROOMCAST_SERVICE_HOST, ROOMCAST_PORT... for a Service named roomcast).
         let keys = Self::keys();
         let env = env.filter(move |k| keys.iter().any(|o| o.eq_ignore_ascii_case(k.as_str())));
+        for (k, v) in env.iter() {
+            check_env_value(k.as_str(), &v)?;
+        }
         Self::load_layers(args, file, env)
     }
 
@@ -637,6 +640,7 @@ impl Config {
             if !keys.iter().any(|o| o.eq_ignore_ascii_case(k)) {
                 continue;
             }
+            check_env_value(k, v)?;
             // As figment's `Env` reads a value: parsed like a TOML value, else a string.
             let v: figment::value::Value = v.parse().unwrap_or_else(|e| match e {});
             dict.insert(k.to_ascii_lowercase(), v);
@@ -873,6 +877,33 @@ fn cpus() -> usize {
         .unwrap_or(2)
 }
 
+/// Refuses an env value that figment 0.10.19 cannot parse safely: its unescaping of a quoted
+/// string (`figment/src/value/escape.rs`) takes a character index for a byte index, so a
+/// backslash after a non-ASCII character in a quoted value panics (`"¡\0"`, found by fuzzing)
+/// or silently drops characters (`"¡¡\n"`). The check is wider than the bug — a `"`, then a
+/// non-ASCII character, then a `\` anywhere after them — so every affected value is caught
+/// before figment parses it (also inside arrays and tables); the few others it refuses read
+/// the same from the config file, whose TOML parser is not affected.
+fn check_env_value(key: &str, value: &str) -> Result<(), ConfigError> {
+    let affected = value.find('"').is_some_and(|q| {
+        let rest = &value[q..];
+        rest.find(|c: char| !c.is_ascii())
+            .is_some_and(|n| rest[n..].contains('\\'))
+    });
+    if affected {
+        return Err(ConfigError::Invalid {
+            option: key.to_ascii_lowercase(),
+            origin: format!(" (from env ROOMCAST_{})", key.to_ascii_uppercase()),
+            message: "a quoted value with a backslash after a non-ASCII character cannot be \
+                      read from the environment (figment 0.10 misreads it): escape the non-ASCII \
+                      characters too (\\u00e9), drop the quotes, or set the option in the \
+                      config file"
+                .to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Turns figment's error into one that names the option and the layer it came from.
 fn figment_error(fig: &Figment, e: figment::Error) -> ConfigError {
     let option = e.path.join(".");
@@ -946,6 +977,29 @@ mod tests {
         assert_eq!(c.history_max_age, Duration::from_secs(600));
         assert_eq!(c.max_data_bytes, 65536);
         assert_eq!(c.max_frame_bytes, 1 << 20);
+    }
+
+    /// figment 0.10.19 panics on a backslash after a non-ASCII character in a quoted env value
+    /// (found by fuzzing): such a value is a config error naming the option, and the ways
+    /// around it the message suggests read as meant.
+    #[test]
+    fn a_quoted_env_value_figment_would_misread_is_a_config_error() {
+        for v in ["\"\u{a1}\\0\"", "\"\u{a1}\u{a1}\\n\"", "[\"\u{e9}\\t\"]"] {
+            let e = load(ServeArgs::default(), &[("CLUSTER_ID", v)]).unwrap_err();
+            let ConfigError::Invalid { option, origin, .. } = &e else {
+                panic!("{e}")
+            };
+            assert_eq!(option, "cluster_id", "{e}");
+            assert!(origin.contains("ROOMCAST_CLUSTER_ID"), "{e}");
+        }
+        for (v, want) in [
+            ("\"\\u00e9\\u00e9-\"", "\u{e9}\u{e9}-"),
+            ("\u{e9}\\\u{e9}", "\u{e9}\\\u{e9}"),
+            ("\"\u{e9}\"", "\u{e9}"),
+        ] {
+            let c = load(ServeArgs::default(), &[("CLUSTER_ID", v)]).unwrap();
+            assert_eq!(c.cluster_id, want);
+        }
     }
 
     #[test]

@@ -634,9 +634,11 @@ fn env_value() -> impl Strategy<Value = String> {
         Just("true".into()),
         Just("[1, 2]".into()),
         Just("a,b".into()),
-        // ASCII only: figment 0.10.19 panics on a quoted value with a non-ASCII character
-        // before a backslash (see `figment_env_unescape_panics` below, docs/FUZZING.md).
         "[ -~]{0,12}",
+        ".{0,12}",
+        // Quoted, with escapes and non-ASCII characters: figment 0.10.19 panicked on some
+        // (`figment_env_unescape_panics` below, docs/FUZZING.md).
+        "(\\\\[\"\\\\nt0u]|[ -~]|\\PC){0,8}".prop_map(|s| format!("\"{s}\"")),
     ]
 }
 
@@ -704,11 +706,16 @@ fn config_from_text_reads_the_file_and_env_layers() {
 
 /// Found by `config_takes_any_typed_values`: figment 0.10.19's unescaping of a quoted env value
 /// slices a string at a byte index inside a multi-byte character and panics, so
-/// `ROOMCAST_ADVERTISE='"¡\0"' roomcast serve` panics at start-up instead of printing a config
-/// error. Not fixed yet (see docs/FUZZING.md); run with `--ignored` to see it.
+/// `ROOMCAST_ADVERTISE='"¡\0"' roomcast serve` panicked at start-up instead of printing a config
+/// error. Fixed by refusing such values before figment parses them (`config::check_env_value`).
 #[test]
-#[ignore = "figment 0.10.19 panics; not fixed yet"]
 fn figment_env_unescape_panics() {
     let r = Config::load_from_text("", &[("ADVERTISE".into(), "\"\u{a1}\\0\"".into())]);
-    assert!(r.is_err());
+    match r {
+        Err(ConfigError::Invalid { option, origin, .. }) => {
+            assert_eq!(option, "advertise");
+            assert!(origin.contains("ROOMCAST_ADVERTISE"), "{origin}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -5,18 +5,24 @@
 //! property. Cases per property: `PROPTEST_CASES` (default 256 here, a few seconds in a debug
 //! build); `scripts/fuzz.sh MINUTES` runs them for long. Failures are saved under
 //! `tests/fuzz.proptest-regressions` and replayed first on every run.
+//!
+//! The coverage-guided (AFL) targets of the same inputs live in the `fuzz/` crate; their code,
+//! `fuzz/src/targets.rs`, is compiled here too, and `fuzz_corpora_and_regressions_replay` feeds
+//! it every committed seed (`fuzz/corpus/`) and crash regression (`tests/fuzz-regressions/`).
 
-use bytes::{BufMut, BytesMut};
+#[path = "../fuzz/src/targets.rs"]
+mod targets;
+
 use proptest::prelude::*;
 use roomcast::cluster::ClusterSecret;
 use roomcast::cluster::transport::{OVERHEAD, open_datagram, seal_datagram};
 use roomcast::config::{Config, ConfigError};
 use roomcast::ids::NodeId;
-use roomcast::internode::InternodeConfig;
 use roomcast::internode::codec::{self, Control, Frame, NONCE_LEN};
 use roomcast::internode::handshake::{Client, ClientStep, Server, ServerStep};
 use roomcast::protocol::{ErrorCode, Op, ParseLimits, parse_request};
-use roomcast::socket::reader::{Message, MessageDecoder, ReadError};
+use roomcast::socket::reader::{Message, ReadError};
+use targets::{WS_MAX, icfg, node, ws_decode_all, ws_frame};
 
 fn config() -> ProptestConfig {
     // Cases: PROPTEST_CASES, else 256 (the whole file then runs in well under a second).
@@ -172,51 +178,6 @@ proptest! {
 
 // ---------------------------------------------------------------- WebSocket frame decoder
 
-const MAX_WS: usize = 1024;
-
-/// One client frame: FIN, RSV bits, opcode, mask key (None: unmasked), payload.
-fn ws_frame(fin: bool, rsv: u8, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    b.put_u8(((fin as u8) << 7) | ((rsv & 7) << 4) | (opcode & 0xf));
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    let n = payload.len();
-    if n < 126 {
-        b.put_u8(m | n as u8);
-    } else if n <= 0xffff {
-        b.put_u8(m | 126);
-        b.put_u16(n as u16);
-    } else {
-        b.put_u8(m | 127);
-        b.put_u64(n as u64);
-    }
-    match mask {
-        Some(k) => {
-            b.put_slice(&k);
-            b.extend(payload.iter().enumerate().map(|(i, x)| x ^ k[i % 4]));
-        }
-        None => b.put_slice(payload),
-    }
-    b.to_vec()
-}
-
-/// Decodes everything in `bytes`, fed in chunks; stops at the first error, as the reader does.
-fn ws_decode_all(bytes: &[u8], chunk: usize) -> (Vec<Message>, Option<ReadError>) {
-    let mut dec = MessageDecoder::new(MAX_WS);
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    for piece in bytes.chunks(chunk.max(1)) {
-        buf.extend_from_slice(piece);
-        loop {
-            match dec.decode(&mut buf) {
-                Ok(Some(m)) => out.push(m),
-                Ok(None) => break,
-                Err(e) => return (out, Some(e)),
-            }
-        }
-    }
-    (out, None)
-}
-
 fn ws_any_frame() -> impl Strategy<Value = Vec<u8>> {
     (
         any::<bool>(),
@@ -264,8 +225,8 @@ proptest! {
         let (msgs, _) = ws_decode_all(&bytes, chunk);
         for m in msgs {
             match m {
-                Message::Text(t) => prop_assert!(t.len() <= MAX_WS),
-                Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => prop_assert!(b.len() <= MAX_WS),
+                Message::Text(t) => prop_assert!(t.len() <= WS_MAX),
+                Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => prop_assert!(b.len() <= WS_MAX),
                 Message::Close(_) => {}
             }
         }
@@ -299,8 +260,8 @@ proptest! {
             }
         }
         let (msgs, err) = ws_decode_all(&bytes, chunk);
-        if payload.len() > MAX_WS {
-            prop_assert!(matches!(err, Some(ReadError::TooBig(MAX_WS))), "{:?}", err);
+        if payload.len() > WS_MAX {
+            prop_assert!(matches!(err, Some(ReadError::TooBig(WS_MAX))), "{:?}", err);
         } else {
             prop_assert!(err.is_none(), "{:?}", err);
             prop_assert_eq!(msgs.len(), parts.len());
@@ -315,10 +276,6 @@ proptest! {
 }
 
 // ---------------------------------------------------------------- internode codec
-
-fn node(s: &str) -> NodeId {
-    NodeId::new(s).unwrap()
-}
 
 fn internode_frame() -> impl Strategy<Value = Frame> {
     let s = || ".{0,16}";
@@ -438,17 +395,6 @@ proptest! {
 
 // ---------------------------------------------------------------- internode handshake
 
-fn icfg(me: &str, secret: Option<&[u8]>) -> InternodeConfig {
-    InternodeConfig {
-        me: node(me),
-        generation: 1,
-        cluster_id: "c".into(),
-        advertise: format!("{me}:9000"),
-        secret: secret.map(ClusterSecret::from_bytes),
-        encryption: true,
-    }
-}
-
 /// What the attacker saw: its node id, its nonce, the server's nonce and proof.
 type Seen = (NodeId, [u8; NONCE_LEN], [u8; NONCE_LEN], Option<[u8; 32]>);
 
@@ -469,7 +415,7 @@ proptest! {
         frames in prop::collection::vec(attacker_frame(), 0..6),
         server_nonce in any::<[u8; NONCE_LEN]>(),
     ) {
-        let mut server = Server::new(icfg("srv", Some(b"right-secret")), server_nonce);
+        let mut server = Server::new(icfg("srv", Some(b"right-secret"), true), server_nonce);
         let wrong = ClusterSecret::from_bytes(b"wrong-secret");
         let mut seen: Option<Seen> = None;
         let mut last_hello: Option<(NodeId, [u8; NONCE_LEN])> = None;
@@ -510,7 +456,7 @@ proptest! {
         frames in prop::collection::vec(attacker_frame(), 0..6),
         client_nonce in any::<[u8; NONCE_LEN]>(),
     ) {
-        let (mut client, _hello) = Client::start(icfg("cli", Some(b"right-secret")), node("srv"), client_nonce);
+        let (mut client, _hello) = Client::start(icfg("cli", Some(b"right-secret"), true), node("srv"), client_nonce);
         let wrong = ClusterSecret::from_bytes(b"wrong-secret");
         for (how, f) in frames {
             let f = match (how, f) {
@@ -538,8 +484,8 @@ proptest! {
         b in prop::option::of(prop::collection::vec(any::<u8>(), 0..8)),
         cn in any::<[u8; NONCE_LEN]>(), sn in any::<[u8; NONCE_LEN]>(),
     ) {
-        let (mut c, hello) = Client::start(icfg("cli", a.as_deref()), node("srv"), cn);
-        let mut s = Server::new(icfg("srv", b.as_deref()), sn);
+        let (mut c, hello) = Client::start(icfg("cli", a.as_deref(), true), node("srv"), cn);
+        let mut s = Server::new(icfg("srv", b.as_deref(), true), sn);
         let done = (|| {
             let Ok(ServerStep::Send(ch)) = s.on_frame(hello) else { return false };
             let Ok(ClientStep::Send(proof)) = c.on_frame(ch) else { return false };
@@ -717,5 +663,31 @@ fn figment_env_unescape_panics() {
             assert!(origin.contains("ROOMCAST_ADVERTISE"), "{origin}");
         }
         other => panic!("{other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- AFL corpora and crashes
+
+/// Every committed seed of the AFL targets (`fuzz/corpus/<target>/*`) and every crash they
+/// found (`tests/fuzz-regressions/<target>/*`, minimised; the bug fixed) goes through the same
+/// target function as under AFL: a crash that comes back fails here, in every `cargo test`.
+#[test]
+fn fuzz_corpora_and_regressions_replay() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (name, target) in targets::TARGETS {
+        let mut seeds = 0;
+        for dir in ["fuzz/corpus", "tests/fuzz-regressions"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir).join(name)) else {
+                continue;
+            };
+            for e in entries {
+                let path = e.unwrap().path();
+                let bytes = std::fs::read(&path).unwrap();
+                let r = std::panic::catch_unwind(|| target(&bytes));
+                assert!(r.is_ok(), "{} fails {name}", path.display());
+                seeds += usize::from(dir == "fuzz/corpus");
+            }
+        }
+        assert!(seeds > 0, "no seed corpus for {name} in fuzz/corpus/{name}");
     }
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, LogFormat, ServeArgs};
+use crate::config::{Config, LogFormat, ServeArgs, log_filter};
 
 /// A horizontally scalable real-time WebSocket server with rooms and no broker.
 #[derive(Debug, Parser)]
@@ -184,8 +184,10 @@ fn unverified_tls(
 fn bench(args: crate::bench::BenchArgs) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_BENCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            std::env::var("ROOMCAST_BENCH_LOG")
+                .ok()
+                .and_then(|spec| log_filter(&spec).ok())
+                .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .log_internal_errors(false)
@@ -236,7 +238,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
 
 /// Logs go to stderr, filtered by `log_level` (validated by the config).
 pub fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+    let filter = log_filter(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // A closed stderr must not take the node down: tracing-subscriber would report the failed
     // write with eprintln!, which panics when stderr is gone.

@@ -165,7 +165,8 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
 
-    /// Log filter: a level (`info`) or tracing directives (`info,roomcast=debug`).
+    /// Log filter: a level (`info`) or tracing directives (`info,roomcast=debug`; spaces
+    /// around the commas are allowed). Read by [`log_filter`].
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
@@ -841,8 +842,7 @@ impl Config {
         }
         crate::tls::files_from(self.tls_cert_file.as_deref(), self.tls_key_file.as_deref())
             .map_err(|e| invalid("tls_cert_file", e))?;
-        tracing_subscriber::EnvFilter::try_new(&self.log_level)
-            .map_err(|e| invalid("log_level", e.to_string()))?;
+        log_filter(&self.log_level).map_err(|e| invalid("log_level", e.to_string()))?;
         Ok(())
     }
 
@@ -875,6 +875,19 @@ fn cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
+}
+
+/// The log filter of `spec` (`log_level`, or the bench's `ROOMCAST_BENCH_LOG`): tracing
+/// directives separated by commas, each trimmed before tracing-subscriber parses it.
+/// tracing-subscriber 0.3.23 walks a directive's trimmed text but slices the untrimmed one, so a
+/// directive after `", "` was misread (`info, roomcast=debug` refused) and one with a non-ASCII
+/// character after leading whitespace panicked — a `log_level` of `"x,\n0é={"` crashed the node
+/// at start-up instead of printing a config error (found by fuzzing the config loader).
+pub fn log_filter(
+    spec: &str,
+) -> Result<tracing_subscriber::EnvFilter, tracing_subscriber::filter::ParseError> {
+    let directives: Vec<&str> = spec.split(',').map(str::trim).collect();
+    tracing_subscriber::EnvFilter::try_new(directives.join(","))
 }
 
 /// Refuses an env value that figment 0.10.19 cannot parse safely: its unescaping of a quoted
@@ -977,6 +990,29 @@ mod tests {
         assert_eq!(c.history_max_age, Duration::from_secs(600));
         assert_eq!(c.max_data_bytes, 65536);
         assert_eq!(c.max_frame_bytes, 1 << 20);
+    }
+
+    /// tracing-subscriber 0.3.23 panics on a directive with leading whitespace and a non-ASCII
+    /// character (found by fuzzing): `log_level` directives are trimmed first, so such a value
+    /// is read (or refused) like the same value without the whitespace.
+    #[test]
+    fn log_level_directives_are_trimmed() {
+        for ok in [
+            "info, roomcast=debug",
+            " warn ,\troomcast=trace\n",
+            "\n0\u{e9}=info",
+            "",
+        ] {
+            let c = load(ServeArgs::default(), &[("LOG_LEVEL", ok)]);
+            assert!(c.is_ok(), "{ok:?}: {:?}", c.err());
+        }
+        for bad in ["\n0\u{e9}={", "x,\n0\u{fffd}=]", "info, roomcast=loud"] {
+            let e = load(ServeArgs::default(), &[("LOG_LEVEL", bad)]).unwrap_err();
+            assert!(e.to_string().contains("log_level"), "{bad:?}: {e}");
+        }
+        // Trimmed, the directives mean what they say.
+        let f = log_filter(" info , roomcast=debug ").unwrap().to_string();
+        assert!(f.contains("roomcast=debug"), "{f}");
     }
 
     /// figment 0.10.19 panics on a backslash after a non-ASCII character in a quoted env value

@@ -878,16 +878,24 @@ fn cpus() -> usize {
 }
 
 /// The log filter of `spec` (`log_level`, or the bench's `ROOMCAST_BENCH_LOG`): tracing
-/// directives separated by commas, each trimmed before tracing-subscriber parses it.
-/// tracing-subscriber 0.3.23 walks a directive's trimmed text but slices the untrimmed one, so a
-/// directive after `", "` was misread (`info, roomcast=debug` refused) and one with a non-ASCII
-/// character after leading whitespace panicked — a `log_level` of `"x,\n0é={"` crashed the node
-/// at start-up instead of printing a config error (found by fuzzing the config loader).
+/// directives separated by commas. Two defences, both found by fuzzing the config loader:
+///
+/// - Each directive is trimmed before tracing-subscriber parses it. tracing-subscriber 0.3.23
+///   walks a directive's trimmed text but slices the untrimmed one, so a directive after `", "`
+///   was misread (`info, roomcast=debug` refused) and one with a non-ASCII character after
+///   leading whitespace panicked: a `log_level` of `"x,\n0é={"` crashed the node at start-up
+///   instead of printing a config error.
+/// - Field values (`[span{field=value}]`) match the field's `Debug` text literally, not as
+///   regular expressions: building the automaton of a short pattern can take minutes (a
+///   100-byte `log_level` stalled start-up for 2 minutes), and tracing-subscriber itself
+///   advises turning regexes off for filters from outside the program.
 pub fn log_filter(
     spec: &str,
 ) -> Result<tracing_subscriber::EnvFilter, tracing_subscriber::filter::ParseError> {
     let directives: Vec<&str> = spec.split(',').map(str::trim).collect();
-    tracing_subscriber::EnvFilter::try_new(directives.join(","))
+    tracing_subscriber::EnvFilter::builder()
+        .with_regex(false)
+        .parse(directives.join(","))
 }
 
 /// Refuses an env value that figment 0.10.19 cannot parse safely: its unescaping of a quoted
@@ -939,7 +947,12 @@ fn figment_error(fig: &Figment, e: figment::Error) -> ConfigError {
     let message = match &e.kind {
         figment::error::Kind::UnknownField(field, _) => {
             return ConfigError::Invalid {
-                option: field.clone(),
+                // A TOML file may have an empty key (`"" = 1`, found by fuzzing): name it.
+                option: if field.is_empty() {
+                    "\"\"".to_string()
+                } else {
+                    field.clone()
+                },
                 origin,
                 message: "unknown option".to_string(),
             };
@@ -1013,6 +1026,32 @@ mod tests {
         // Trimmed, the directives mean what they say.
         let f = log_filter(" info , roomcast=debug ").unwrap().to_string();
         assert!(f.contains("roomcast=debug"), "{f}");
+    }
+
+    /// A field value in a `log_level` directive is matched literally, not compiled as a
+    /// regular expression: fuzzing found short values whose automaton took minutes to build
+    /// (the node hung at start-up). With regexes, the first took 2 minutes here.
+    #[test]
+    fn log_level_field_values_are_not_regexes() {
+        let dots = ".".repeat(17);
+        let found = format!("e,[ {{TISE=-|\u{fffd}{dots}lic_key_filet=%1\u{e}}}\n");
+        let valid = format!("info,[{{f=-|\u{fffd}{dots}x}}]=debug");
+        for (spec, ok) in [(found, false), (valid, true)] {
+            let start = std::time::Instant::now();
+            let r = load(ServeArgs::default(), &[("LOG_LEVEL", &spec)]);
+            let took = start.elapsed();
+            assert!(took < Duration::from_secs(1), "{spec:?} took {took:?}");
+            assert_eq!(r.is_ok(), ok, "{spec:?}: {:?}", r.err());
+        }
+    }
+
+    #[test]
+    fn an_empty_toml_key_is_named() {
+        let e = Config::load_from_text("\"\" = \"\"\n", &[]).unwrap_err();
+        let ConfigError::Invalid { option, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(option, "\"\"", "{e}");
     }
 
     /// figment 0.10.19 panics on a backslash after a non-ASCII character in a quoted env value

@@ -15,12 +15,14 @@
 #             dictionary fuzz/dict/<target>.dict, if any). A crash is minimised (afl-tmin) and
 #             saved as tests/fuzz-regressions/<target>/crash-<hash>, which `cargo test` replays
 #             (tests/fuzz.rs): fix the bug, commit the file. An input that runs over 1 s
-#             (a hang) fails the run too. AFL's output stays in
+#             (a hang) fails the run too and is saved as .../hang-<hash> (not minimised:
+#             afl-tmin on a slow input takes long). AFL's output stays in
 #             $CARGO_TARGET_DIR/afl-out/<target>/.
 #
 # cargo-afl is not installed by this script (it builds AFL++ from source, a few minutes):
 # without it the afl half is skipped with a message saying how to install it, and proptest
-# gets all the minutes. FUZZ_TOOLS="proptest" or "afl" runs one tool only.
+# gets all the minutes. FUZZ_TOOLS="proptest" or "afl" runs one tool only; FUZZ_TARGETS (AFL
+# binary names, e.g. "config_loader ws_decoder") runs some targets only, with all the minutes.
 #
 # Prints one line per target and tool (time, cases or execs, corpus, crashes) and a verdict;
 # exits 1 if any target failed or crashed. See docs/FUZZING.md.
@@ -39,10 +41,20 @@ names=("client request parser" "WebSocket frame decoder" "internode frame decode
 # The proptest test-name filter and the AFL binary of each target, in the order of `names`.
 props=(request_parser ws_ internode_ handshake_ gossip_ config_)
 afls=(request_parser ws_decoder internode_codec internode_handshake gossip_datagram config_loader)
+if [[ -n ${FUZZ_TARGETS:-} ]]; then
+  keep=()
+  for i in "${!afls[@]}"; do
+    [[ " $FUZZ_TARGETS " == *" ${afls[$i]} "* ]] && keep+=("$i")
+  done
+  (( ${#keep[@]} > 0 )) || { echo "FUZZ_TARGETS names no target (${afls[*]})" >&2; exit 2; }
+  n2=() p2=() a2=()
+  for i in "${keep[@]}"; do n2+=("${names[$i]}"); p2+=("${props[$i]}"); a2+=("${afls[$i]}"); done
+  names=("${n2[@]}") props=("${p2[@]}") afls=("${a2[@]}")
+fi
 
 if [[ " $tools " == *" afl "* ]] && ! cargo afl --version >/dev/null 2>&1; then
   cat >&2 <<'EOF'
-cargo-afl is not installed: skipping coverage-guided fuzzing (proptest gets all the minutes).
+cargo-afl is not installed: skipping coverage-guided fuzzing (AFL).
 To install it (stable Rust; builds AFL++ from source, a few minutes; needs a C compiler and make):
     cargo install cargo-afl
     cargo afl config --build      # only if `cargo afl` later says AFL++ is not built
@@ -51,7 +63,7 @@ EOF
   tools=${tools//afl/}
 fi
 ntools=$(wc -w <<<"$tools")
-(( ntools > 0 )) || { echo "FUZZ_TOOLS names no tool (proptest, afl)" >&2; exit 2; }
+(( ntools > 0 )) || { echo "nothing to run (FUZZ_TOOLS: proptest, afl)" >&2; exit 2; }
 share=$(( minutes * 60 / ntools / ${#names[@]} ))
 (( share > 0 )) || share=1
 failed=0
@@ -113,7 +125,12 @@ run_afl() {
       "$(afl_stat execs_per_sec "$stats")" "$(afl_stat corpus_count "$stats")" "$crashes" "$hangs"
     if [[ $hangs != 0 ]]; then
       failed=1
-      echo "  an input ran over 1 s: $out/default/hangs/ (replay it under the target binary)"
+      mkdir -p "tests/fuzz-regressions/$t"
+      for h in "$out"/default/hangs/id:*; do
+        local keep=tests/fuzz-regressions/$t/hang-$(sha1sum "$h" | cut -c1-12)
+        cp "$h" "$keep"
+        echo "  hang (over 1 s): $keep ($(wc -c <"$keep") bytes, from $h)"
+      done
     fi
     if [[ $crashes != 0 ]]; then
       failed=1

@@ -887,7 +887,7 @@ fn cpus() -> usize {
 ///   instead of printing a config error.
 /// - Field values (`[span{field=value}]`) match the field's `Debug` text literally, not as
 ///   regular expressions: building the automaton of a short pattern can take minutes (a
-///   100-byte `log_level` stalled start-up for 2 minutes), and tracing-subscriber itself
+///   49-character `log_level` stalled start-up for 2 minutes), and tracing-subscriber itself
 ///   advises turning regexes off for filters from outside the program.
 pub fn log_filter(
     spec: &str,

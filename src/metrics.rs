@@ -54,6 +54,17 @@ pub const CONNECTIONS_REFUSED: &str = "roomcast_connections_refused_total";
 pub const HANDSHAKES_PENDING: &str = "roomcast_handshakes_pending";
 pub const ROOMS_REFUSED: &str = "roomcast_rooms_refused_total";
 pub const TLS_RELOADS: &str = "roomcast_tls_reloads_total";
+pub const ROUTER_ENTRIES: &str = "roomcast_router_entries";
+pub const OUTBOUND_QUEUED_FRAMES: &str = "roomcast_outbound_queued_frames";
+pub const OUTBOUND_QUEUED_BYTES: &str = "roomcast_outbound_queued_bytes";
+pub const INTERNODE_QUEUED_MESSAGES: &str = "roomcast_internode_queued_messages";
+pub const INTERNODE_QUEUED_BYTES: &str = "roomcast_internode_queued_bytes";
+pub const INTERNODE_LINKS: &str = "roomcast_internode_links";
+pub const SHARD_QUEUED: &str = "roomcast_shard_queued_inputs";
+pub const DELIVERY_QUEUED: &str = "roomcast_delivery_batches_queued";
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+pub const PROCESS_FDS: &str = "process_open_fds";
+pub const PROCESS_START: &str = "process_start_time_seconds";
 
 /// Histogram buckets for latencies, in seconds (50 µs … 5 s).
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -72,6 +83,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
                 .install_recorder()
                 .map_err(|e| e.to_string())?;
             describe();
+            let _ = STARTED_AT.set(crate::now_us() as f64 / 1e6);
             let h = handle.clone();
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())
@@ -212,6 +224,11 @@ fn describe() {
     describe_counter!(
         INTERNODE_DROPPED,
         "Peer links reset because their send queue overflowed"
+    );
+    describe_gauge!(
+        ROUTER_ENTRIES,
+        "Entries in the room routers' tables, summed over shards, by table (member_rooms, \
+         owned, copies, pending_owner, moved, hints, pending_requests, publishes_by_room)"
     );
 }
 
@@ -457,6 +474,13 @@ pub fn add_labeled(name: &'static str, event: &'static str, v: u64) {
     }
 }
 
+/// Adds `delta` to the router table size gauge of `table` (one of a fixed set of names).
+pub fn router_entries(table: &'static str, delta: f64) {
+    if delta != 0.0 {
+        metrics::gauge!(ROUTER_ENTRIES, "table" => table).increment(delta);
+    }
+}
+
 pub fn internode_rejected(reason: &'static str) {
     metrics::counter!(INTERNODE_REJECTED, "reason" => reason).increment(1);
 }
@@ -472,6 +496,128 @@ pub fn internode_traffic(direction: &'static str) -> (Counter, Counter) {
         metrics::counter!(INTERNODE_MESSAGES, "direction" => direction),
         metrics::counter!(INTERNODE_BYTES, "direction" => direction),
     )
+}
+
+/// When the recorder was installed (the node's start), unix seconds.
+static STARTED_AT: OnceLock<f64> = OnceLock::new();
+
+/// Queue depths of a node, read when `/metrics` is scraped: sums over every connection, peer
+/// link, room shard and worker inbox. They are not kept in the recorder because keeping them
+/// current would cost an atomic operation per frame on the hot path; reading them costs one
+/// walk over the connections per scrape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueDepths {
+    /// Frames and bytes waiting in client connections' outboxes.
+    pub outbound_frames: u64,
+    pub outbound_bytes: u64,
+    /// Messages and (approximate) bytes waiting in the peer links' send queues.
+    pub internode_messages: u64,
+    pub internode_bytes: u64,
+    /// Outbound peer links (one per known peer).
+    pub internode_links: u64,
+    /// Inputs waiting in the room shards' queues.
+    pub shard_inputs: u64,
+    /// Delivery batches handed to connection worker threads and not yet applied.
+    pub delivery_batches: u64,
+}
+
+/// Appends the node's queue depths ([`QueueDepths`]) as gauges.
+pub fn render_queue_depths(out: &mut String, d: &QueueDepths) {
+    for (name, help, v) in [
+        (
+            OUTBOUND_QUEUED_FRAMES,
+            "Frames waiting in client connections' outbound queues (sum over connections)",
+            d.outbound_frames,
+        ),
+        (
+            OUTBOUND_QUEUED_BYTES,
+            "Bytes waiting in client connections' outbound queues (sum over connections)",
+            d.outbound_bytes,
+        ),
+        (
+            INTERNODE_QUEUED_MESSAGES,
+            "Messages waiting in the peer links' send queues (sum over peers)",
+            d.internode_messages,
+        ),
+        (
+            INTERNODE_QUEUED_BYTES,
+            "Approximate bytes waiting in the peer links' send queues (sum over peers)",
+            d.internode_bytes,
+        ),
+        (
+            INTERNODE_LINKS,
+            "Outbound peer links this node keeps (one per known peer)",
+            d.internode_links,
+        ),
+        (
+            SHARD_QUEUED,
+            "Inputs waiting in the room shards' queues (sum over shards)",
+            d.shard_inputs,
+        ),
+        (
+            DELIVERY_QUEUED,
+            "Delivery batches handed to connection worker threads, not yet applied",
+            d.delivery_batches,
+        ),
+    ] {
+        gauge_line(out, name, help, v as f64);
+    }
+}
+
+/// Appends this process's resident memory, open file descriptors and start time under the
+/// names Prometheus client libraries use for them (`process_*`), read from `/proc/self` at
+/// each scrape. On a system without `/proc` the first two are left out.
+pub fn render_process(out: &mut String) {
+    if let Some(rss) = process_rss_bytes() {
+        gauge_line(
+            out,
+            PROCESS_RSS,
+            "Resident memory size in bytes",
+            rss as f64,
+        );
+    }
+    if let Some(fds) = process_open_fds() {
+        gauge_line(
+            out,
+            PROCESS_FDS,
+            "Number of open file descriptors",
+            fds as f64,
+        );
+    }
+    if let Some(t) = STARTED_AT.get() {
+        gauge_line(
+            out,
+            PROCESS_START,
+            "Start time of the process since unix epoch in seconds",
+            *t,
+        );
+    }
+}
+
+fn gauge_line(out: &mut String, name: &str, help: &str, v: f64) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {v}");
+}
+
+/// VmRSS of this process, in bytes (Linux).
+fn process_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Open file descriptors of this process (Linux; the directory read itself holds one more).
+fn process_open_fds() -> Option<u64> {
+    let n = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(n.saturating_sub(1))
 }
 
 #[cfg(test)]
@@ -522,5 +668,33 @@ mod tests {
         assert!(line("+Inf") > line("5"));
         assert!(out.contains("roomcast_delivery_latency_seconds_count"));
         assert!(out.contains("# TYPE roomcast_delivery_latency_seconds histogram"));
+    }
+
+    #[test]
+    fn process_and_queue_gauges_render_as_prometheus_lines() {
+        let mut out = String::new();
+        render_process(&mut out);
+        let rss = metric(&out, PROCESS_RSS).expect("VmRSS on Linux");
+        assert!(rss > 1_000_000.0, "{out}");
+        let fds = metric(&out, PROCESS_FDS).expect("/proc/self/fd on Linux");
+        assert!(fds >= 3.0, "{out}");
+        let depths = QueueDepths {
+            outbound_frames: 3,
+            internode_bytes: 1024,
+            ..QueueDepths::default()
+        };
+        out.clear();
+        render_queue_depths(&mut out, &depths);
+        assert_eq!(metric(&out, OUTBOUND_QUEUED_FRAMES), Some(3.0));
+        assert_eq!(metric(&out, INTERNODE_QUEUED_BYTES), Some(1024.0));
+        assert_eq!(metric(&out, SHARD_QUEUED), Some(0.0));
+        assert!(out.contains(&format!("# TYPE {DELIVERY_QUEUED} gauge")));
+    }
+
+    fn metric(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
     }
 }

@@ -74,6 +74,16 @@ impl ConnRegistry {
         self.len() == 0
     }
 
+    /// Frames and bytes queued in every connection's outbox (one walk, under the lock; for
+    /// `/metrics`).
+    pub fn queued(&self) -> (u64, u64) {
+        let g = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        g.values().fold((0, 0), |(f, b), r| {
+            let (rf, rb) = r.outbox.queued();
+            (f + rf as u64, b + rb as u64)
+        })
+    }
+
     /// Queues a notice for every connection (e.g. the reconnect hint of a drain).
     pub fn send_all(&self, frame: bytestring::ByteString) {
         // One encoded frame, shared by every connection.
@@ -166,5 +176,20 @@ impl NodeContext {
 
     pub fn is_ready(&self) -> bool {
         self.is_accepting() && self.cluster_ready.load(Ordering::Acquire)
+    }
+
+    /// The node's queue depths now (read when `/metrics` is scraped).
+    pub fn queue_depths(&self) -> m::QueueDepths {
+        let (outbound_frames, outbound_bytes) = self.conns.queued();
+        let links = self.peers.queued();
+        m::QueueDepths {
+            outbound_frames,
+            outbound_bytes,
+            internode_messages: links.messages,
+            internode_bytes: links.bytes,
+            internode_links: links.links,
+            shard_inputs: self.shards.queued() as u64,
+            delivery_batches: self.workers.pending() as u64,
+        }
     }
 }

@@ -86,6 +86,56 @@ async fn every_subscriber_gets_every_message_in_order() {
     node.wait_metric("roomcast_rooms", |v| v == 1.0).await;
 }
 
+/// The gauges a soak watches (issue 13, item 5): queue depths read at each scrape follow what
+/// is queued (up while a client does not read, back to zero when it is gone), router tables
+/// and the process's memory and descriptors are reported.
+#[tokio::test]
+async fn metrics_report_queue_depths_router_tables_and_the_process() {
+    let node = Node::start(&["--publish-rate", "0"]);
+    let (_, body) = node.get("/metrics").await;
+    for series in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        let v = metric_value(&body, series).unwrap_or_else(|| panic!("{series}: {body}"));
+        assert!(v > 0.0, "{series} = {v}");
+    }
+    assert_eq!(metric_value(&body, "roomcast_internode_links"), Some(0.0));
+    assert_eq!(
+        metric_value(&body, "roomcast_shard_queued_inputs"),
+        Some(0.0)
+    );
+    // A subscriber that does not read: what it is sent piles up in its outbound queue.
+    let mut slow = Client::connect_small_rcvbuf(&node.ws_url(), node.http).await;
+    slow.join("q").await;
+    node.wait_metric("roomcast_router_entries{table=\"member_rooms\"}", |v| {
+        v == 1.0
+    })
+    .await;
+    let mut p = node.connect().await;
+    let data = json!("x".repeat(2000));
+    for _ in 0..5000 {
+        p.publish("q", data.clone()).await;
+    }
+    let frames = node
+        .wait_metric("roomcast_outbound_queued_frames", |v| v > 0.0)
+        .await;
+    assert!(frames <= 5000.0, "{frames}");
+    let bytes = node.metric("roomcast_outbound_queued_bytes").await.unwrap();
+    assert!(
+        bytes >= frames * 2000.0,
+        "{bytes} bytes for {frames} frames"
+    );
+    drop(slow);
+    node.wait_metric("roomcast_outbound_queued_frames", |v| v == 0.0)
+        .await;
+    node.wait_metric("roomcast_router_entries{table=\"member_rooms\"}", |v| {
+        v == 0.0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn concurrent_publishers_agree_on_one_order() {
     let node = Node::start(&["--publish-rate", "0"]);

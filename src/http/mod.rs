@@ -71,6 +71,8 @@ async fn readyz(node: web::Data<NodeContext>) -> HttpResponse {
 async fn metrics(node: web::Data<NodeContext>) -> HttpResponse {
     let mut text = node.metrics.render();
     crate::metrics::render_latency(&mut text);
+    crate::metrics::render_queue_depths(&mut text, &node.queue_depths());
+    crate::metrics::render_process(&mut text);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text)

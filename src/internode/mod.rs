@@ -107,6 +107,15 @@ pub(crate) struct Inner {
     control: OnceLock<ControlHook>,
 }
 
+/// The peer links' queues at one moment ([`Peers::queued`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkQueues {
+    pub links: u64,
+    pub messages: u64,
+    /// Approximate (the links' byte bound counts messages by their estimated size).
+    pub bytes: u64,
+}
+
 /// The node's handler of `Control` frames from peers.
 pub type ControlHook = Box<dyn Fn(NodeId, Control) + Send + Sync>;
 
@@ -145,6 +154,21 @@ impl Peers {
                 control: OnceLock::new(),
             }),
         }
+    }
+
+    /// What the peer links hold now: links, and messages and bytes waiting in their queues
+    /// (for `/metrics`).
+    pub fn queued(&self) -> LinkQueues {
+        let links = self.inner.links.read().unwrap_or_else(|p| p.into_inner());
+        let mut q = LinkQueues {
+            links: links.len() as u64,
+            ..LinkQueues::default()
+        };
+        for l in links.values() {
+            q.messages += (l.tx.max_capacity() - l.tx.capacity()) as u64;
+            q.bytes += l.bytes.load(Ordering::Acquire) as u64;
+        }
+        q
     }
 
     /// Connects the links to the shards that receive messages and reset notices.

@@ -165,6 +165,14 @@ impl Shards {
         self.txs.is_empty()
     }
 
+    /// Inputs waiting in the shards' queues now (summed over shards).
+    pub fn queued(&self) -> usize {
+        self.txs
+            .iter()
+            .map(|tx| tx.max_capacity() - tx.capacity())
+            .sum()
+    }
+
     fn shard(&self, room: &RoomId) -> &mpsc::Sender<ShardInput> {
         &self.txs[shard_of(room, self.txs.len())]
     }
@@ -468,6 +476,7 @@ struct Reported {
     under: usize,
     copies: usize,
     presence: usize,
+    tables: [usize; 8],
     stats: RouterStats,
 }
 
@@ -492,6 +501,10 @@ impl Reported {
         if presence != self.presence {
             m::gauge_add(m::PRESENCE_ENTRIES, presence as f64 - self.presence as f64);
             self.presence = presence;
+        }
+        for (i, (table, n)) in router.table_sizes().into_iter().enumerate() {
+            m::router_entries(table, n as f64 - self.tables[i] as f64);
+            self.tables[i] = n;
         }
         let s = router.stats();
         m::add(

@@ -440,6 +440,22 @@ impl<H: Clone> Router<H> {
         self.handoffs.unconfirmed
     }
 
+    /// The number of entries in each of the router's tables, by name: what a long run watches
+    /// to tell state that comes and goes from state that only accumulates
+    /// (`roomcast_router_entries{table}`).
+    pub fn table_sizes(&self) -> [(&'static str, usize); 8] {
+        [
+            ("member_rooms", self.member_rooms.len()),
+            ("owned", self.owned.len()),
+            ("copies", self.copies.len()),
+            ("pending_owner", self.pending_owner.len()),
+            ("moved", self.moved.len()),
+            ("hints", self.hints.len()),
+            ("pending_requests", self.pending.len()),
+            ("publishes_by_room", self.publishes_by_room.len()),
+        ]
+    }
+
     /// Rooms with local subscribers or joins in progress.
     pub fn member_rooms(&self) -> usize {
         self.member_rooms.len()

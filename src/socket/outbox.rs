@@ -282,6 +282,11 @@ impl Outbox {
         CloseReason::from_u8(self.shared.close.load(Ordering::Acquire))
     }
 
+    /// Frames and bytes queued now (the node's queue depth gauges).
+    pub fn queued(&self) -> (usize, usize) {
+        unpack(self.shared.load.load(Ordering::Acquire))
+    }
+
     /// Bytes queued now (for tests and diagnostics).
     pub fn queued_bytes(&self) -> usize {
         unpack(self.shared.load.load(Ordering::Acquire)).1

@@ -1,5 +1,5 @@
-//! The command line: `roomcast [serve] [OPTIONS]` (serve is the default command) and
-//! `roomcast bench`.
+//! The command line: `roomcast [serve] [OPTIONS]` (serve is the default command),
+//! `roomcast bench` and `roomcast soak`.
 //!
 //! Parsing problems are clap's (it prints usage and exits 2); configuration problems found
 //! after layering (env, file) are printed here and also exit 2. Runtime failures exit 1.
@@ -29,6 +29,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load-generate against nodes (or nats-server) and check every delivery.
     Bench(crate::bench::BenchArgs),
+    /// Run a churning client population against nodes for a long time; check that nothing
+    /// acknowledged is lost and that nothing the nodes hold grows without bound.
+    Soak(crate::soak::SoakArgs),
     /// GET an http:// or https:// URL; exit 0 on status 200, else 1 (container health checks
     /// need no curl). Over https the certificate is not checked: the probe asks whether the
     /// node answers, not who it is.
@@ -47,6 +50,7 @@ pub fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         Some(Command::Bench(args)) => return bench(args),
+        Some(Command::Soak(args)) => return soak(args),
         Some(Command::Probe { url, timeout }) => return probe(&url, timeout),
         None => cli.serve,
     };
@@ -212,6 +216,42 @@ fn bench(args: crate::bench::BenchArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("roomcast bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Exit 0 when the soak passed, 1 when it found a loss, a broken guarantee or growth, 2 on a
+/// usage or setup error. Logs (warnings about violations as they happen) go to stderr.
+fn soak(args: crate::soak::SoakArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_SOAK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false)
+        .with_ansi(false)
+        .try_init();
+    let json = args.json;
+    match crate::soak::run(args) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => eprintln!("roomcast soak: {e}"),
+                }
+            } else {
+                println!("{report}");
+            }
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("roomcast soak: {e:#}");
             ExitCode::from(2)
         }
     }

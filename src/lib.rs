@@ -2,8 +2,11 @@
 //!
 //! Map of the crate (one module per concept; docs/ARCHITECTURE.md tells the whole story):
 //!
-//! * [`cli`] — the command line (`roomcast serve`, the default; `roomcast bench`).
+//! * [`cli`] — the command line (`roomcast serve`, the default; `roomcast bench`,
+//!   `roomcast soak`).
 //! * [`bench`] — the load generator and delivery checker behind `roomcast bench`.
+//! * [`soak`] — the long run behind `roomcast soak`: a churning client population, witnesses
+//!   that check no acknowledged message is lost, and a sampler that checks nothing grows.
 //! * [`config`] — the node's options: defaults → TOML file → `ROOMCAST_*` env → flags.
 //! * [`ids`] — newtypes for rooms, nodes, connections and epochs.
 //! * [`protocol`] — the client protocol's wire types, validation and encoders (no I/O).
@@ -59,6 +62,7 @@ pub mod rooms;
 pub mod routing;
 pub mod server;
 pub mod session;
+pub mod soak;
 pub mod socket;
 pub mod sse;
 pub mod status;

@@ -101,6 +101,10 @@ async fn metrics_report_queue_depths_router_tables_and_the_process() {
         let v = metric_value(&body, series).unwrap_or_else(|| panic!("{series}: {body}"));
         assert!(v > 0.0, "{series} = {v}");
     }
+    if cfg!(target_env = "gnu") {
+        let heap = metric_value(&body, "roomcast_heap_in_use_bytes").unwrap();
+        assert!(heap > 0.0, "{heap}");
+    }
     assert_eq!(metric_value(&body, "roomcast_internode_links"), Some(0.0));
     assert_eq!(
         metric_value(&body, "roomcast_shard_queued_inputs"),

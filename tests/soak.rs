@@ -127,11 +127,17 @@ async fn a_short_soak_with_a_node_restart_loses_nothing_and_nothing_grows() {
         "restarts seen: {restarts:?}"
     );
     let growth = r["growth"].as_array().unwrap();
-    assert_eq!(growth.len(), 3 * 19);
+    assert_eq!(
+        growth.len(),
+        4 + 3 * 16,
+        "4 cluster-wide rules, 16 per node"
+    );
     for v in growth {
         assert_ne!(v["status"], "grew", "{v}");
         // Memory and descriptors had samples enough on both sides of the restart to judge.
-        if v["series"] == "rss_bytes" || v["series"] == "open_fds" {
+        if ["rss_bytes", "heap_bytes", "open_fds", "other_fds"]
+            .contains(&v["series"].as_str().unwrap())
+        {
             assert_eq!(v["status"], "bounded", "{v}");
         }
     }

@@ -132,14 +132,17 @@ impl Life {
             if sh.stopping() || Instant::now() >= self.end {
                 break;
             }
-            self.url = match self.hint.take() {
-                Some(Some(u)) => u,
-                _ => sh.pick_url(not, rng.below(64)),
-            };
             sh.connect_turn().await;
             if sh.stopping() {
                 break;
             }
+            // Placed now, not before the wait: the counts it looks at are current, and they
+            // include the connections still in their handshake.
+            self.url = match self.hint.take() {
+                Some(Some(u)) => u,
+                _ => sh.pick_url(not, rng.below(64)),
+            };
+            let open = OpenGuard::new(sh, self.url);
             let url = &sh.args.urls[self.url];
             let connected = {
                 let _permit = sh.connect_gate.acquire().await;
@@ -148,6 +151,7 @@ impl Life {
             let mut ws = match connected {
                 Ok(ws) => ws,
                 Err(e) => {
+                    drop(open);
                     sh.churn.connect_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(url = %url, error = %e, "soak client cannot connect");
                     sh.avoid(self.url);
@@ -157,7 +161,6 @@ impl Life {
                     continue;
                 }
             };
-            let _open = OpenGuard::new(sh, self.url);
             sh.churn.connects.fetch_add(1, Ordering::Relaxed);
             if !first {
                 sh.churn.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -182,6 +185,7 @@ impl Life {
                 }
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+            drop(open);
             continue 'connection;
         }
         if self.unknown.is_some() {

@@ -674,8 +674,26 @@ fn raise_nofile_limit() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The default options with one URL.
+    pub(crate) fn args() -> SoakArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            soak: SoakArgs,
+        }
+        <Cli as clap::Parser>::parse_from(["soak", "--url", "ws://127.0.0.1:1/ws"]).soak
+    }
+
+    #[test]
+    fn the_defaults_are_the_issue_s_soak() {
+        let a = args();
+        assert_eq!(a.connections, 15_000);
+        assert_eq!(a.duration, Duration::from_secs(1800));
+        assert_eq!(a.sample_every, Duration::from_secs(10));
+    }
 
     #[test]
     fn lifetimes_parse_as_a_range() {

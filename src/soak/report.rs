@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::check::{CheckReport, CheckResult};
-use super::growth::{Status, Verdict};
+use super::growth::{Scope, Status, Verdict};
 use super::sampler::{Samples, col};
 use super::{Acked, ChurnReport, Shared, SoakArgs, WitnessReport};
 
 /// The series summarised per node in the report (all are in samples.csv).
-const SUMMARY: [&str; 11] = [
+const SUMMARY: [&str; 12] = [
     "rss_bytes",
+    "heap_bytes",
     "open_fds",
     "connections",
     "rooms_owned",
@@ -121,9 +122,14 @@ pub(crate) fn build(
     }
     for v in growth.iter().filter(|v| v.status == Status::Grew) {
         failures.push(format!(
-            "{} of {} grew: median {} in the middle third, {} in the last",
+            "{} of {} grew: {} {} in the middle third, {} in the last",
             v.series,
             v.node,
+            if v.scope == Scope::HighWater {
+                "maximum"
+            } else {
+                "median"
+            },
             fmt_num(v.middle),
             fmt_num(v.last)
         ));
@@ -310,7 +316,7 @@ impl fmt::Display for Report {
             .count();
         writeln!(
             f,
-            "growth (last third vs middle third, limit {:.0}% and a floor per series): {} series judged, {} not judged (too few samples)",
+            "growth (last third vs middle third: medians, maxima for rss; limit {:.0}% and a floor per series; 'all' = summed over the nodes): {} series judged, {} not judged (too few samples)",
             a.growth_limit * 100.0,
             judged,
             self.growth.len() - judged

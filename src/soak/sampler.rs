@@ -19,10 +19,11 @@ use super::Shared;
 use super::ws;
 
 /// The series sampled: (column name, metric name, label selector).
-pub(crate) const SERIES: [(&str, &str, &str); 22] = [
+pub(crate) const SERIES: [(&str, &str, &str); 23] = [
     ("rss_bytes", "process_resident_memory_bytes", ""),
     ("open_fds", "process_open_fds", ""),
     ("start_time_s", "process_start_time_seconds", ""),
+    ("heap_bytes", "roomcast_heap_in_use_bytes", ""),
     ("connections", "roomcast_connections", ""),
     ("rooms_owned", "roomcast_rooms", ""),
     ("replica_copies", "roomcast_room_replica_copies", ""),
@@ -65,6 +66,12 @@ pub(crate) const SERIES: [(&str, &str, &str); 22] = [
 ];
 
 pub(crate) const N: usize = SERIES.len();
+
+/// Columns the sampler itself reads or fills (checked against [`SERIES`] in the tests).
+const START: usize = 2;
+const CONNECTIONS: usize = 4;
+const PUBLISHED: usize = 21;
+const DELIVERED: usize = 22;
 
 /// The column of a series.
 pub(crate) fn col(name: &str) -> Option<usize> {
@@ -139,7 +146,7 @@ pub(crate) async fn run(sh: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Sam
                     v: [f64::NAN; N],
                 },
             };
-            let start = s.v[2];
+            let start = s.v[START];
             let restarted = match (starts[node], s.up) {
                 (_, false) => true,
                 (Some(prev), true) => prev != start,
@@ -200,13 +207,13 @@ fn own_sample(sh: &Shared, t: f64, node: usize) -> Sample {
     if let Ok(d) = std::fs::read_dir("/proc/self/fd") {
         v[1] = d.count() as f64;
     }
-    v[3] = sh
+    v[CONNECTIONS] = sh
         .open
         .iter()
         .map(|o| o.load(Ordering::Relaxed))
         .sum::<i64>() as f64;
-    v[20] = sh.churn.publishes_acked.load(Ordering::Relaxed) as f64;
-    v[21] = (sh.churn.deliveries.load(Ordering::Relaxed)
+    v[PUBLISHED] = sh.churn.publishes_acked.load(Ordering::Relaxed) as f64;
+    v[DELIVERED] = (sh.churn.deliveries.load(Ordering::Relaxed)
         + sh.witness.deliveries.load(Ordering::Relaxed)) as f64;
     Sample {
         t,
@@ -217,12 +224,10 @@ fn own_sample(sh: &Shared, t: f64, node: usize) -> Sample {
 }
 
 /// The sampled series of a Prometheus text body; a series not there is 0 (it appears once
-/// recorded), except the process gauges, which are NaN when missing.
+/// recorded), except the process and heap gauges (the first four), which are NaN when missing.
 pub(crate) fn parse(body: &str) -> [f64; N] {
     let mut v = [0.0; N];
-    v[0] = f64::NAN;
-    v[1] = f64::NAN;
-    v[2] = f64::NAN;
+    v[..4].fill(f64::NAN);
     for line in body.lines() {
         if line.starts_with('#') {
             continue;
@@ -261,5 +266,10 @@ mod tests {
         assert_eq!(v[col("connections").unwrap()], 7.0);
         assert_eq!(v[col("moved").unwrap()], 0.0);
         assert!(v[col("start_time_s").unwrap()].is_nan());
+        assert!(v[col("heap_bytes").unwrap()].is_nan());
+        assert_eq!(SERIES[START].0, "start_time_s");
+        assert_eq!(SERIES[CONNECTIONS].0, "connections");
+        assert_eq!(SERIES[PUBLISHED].0, "published_total");
+        assert_eq!(SERIES[DELIVERED].0, "delivered_total");
     }
 }

@@ -66,6 +66,7 @@ pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 pub const PROCESS_FDS: &str = "process_open_fds";
 pub const PROCESS_START: &str = "process_start_time_seconds";
 pub const HEAP_IN_USE: &str = "roomcast_heap_in_use_bytes";
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 
 /// Histogram buckets for latencies, in seconds (50 µs … 5 s).
 pub const LATENCY_BUCKETS: [f64; 16] = [
@@ -565,10 +566,20 @@ pub fn render_queue_depths(out: &mut String, d: &QueueDepths) {
     }
 }
 
-/// Appends this process's resident memory, open file descriptors and start time under the
-/// names Prometheus client libraries use for them (`process_*`), read from `/proc/self` at
-/// each scrape. On a system without `/proc` the first two are left out.
+/// Appends this process's resident memory, open file descriptors, CPU time and start time
+/// under the names Prometheus client libraries use for them (`process_*`), read from
+/// `/proc/self` at each scrape, and its heap in use. On a system without `/proc` only the
+/// start time is there.
 pub fn render_process(out: &mut String) {
+    if let Some(cpu) = process_cpu_seconds() {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP {PROCESS_CPU} Total user and system CPU time spent in seconds"
+        );
+        let _ = writeln!(out, "# TYPE {PROCESS_CPU} counter");
+        let _ = writeln!(out, "{PROCESS_CPU} {cpu}");
+    }
     if let Some(rss) = process_rss_bytes() {
         gauge_line(
             out,
@@ -640,6 +651,19 @@ fn heap_in_use_bytes() -> Option<u64> {
     None
 }
 
+/// User + system CPU time of this process, in seconds (Linux).
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces) start after ") ": utime and
+    // stime are the 14th and 15th fields of the line, the 12th and 13th after it.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut f = rest.split_whitespace().skip(11);
+    let ticks = f.next()?.parse::<f64>().ok()? + f.next()?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks / hz as f64)
+}
+
 /// Open file descriptors of this process (Linux; the directory read itself holds one more).
 fn process_open_fds() -> Option<u64> {
     let n = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
@@ -704,6 +728,7 @@ mod tests {
         assert!(rss > 1_000_000.0, "{out}");
         let fds = metric(&out, PROCESS_FDS).expect("/proc/self/fd on Linux");
         assert!(fds >= 3.0, "{out}");
+        assert!(metric(&out, PROCESS_CPU).expect("/proc/self/stat on Linux") >= 0.0);
         if cfg!(target_env = "gnu") {
             // A live 64 MiB allocation is counted (other tests allocate meanwhile: half of it
             // must show).

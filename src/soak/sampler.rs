@@ -19,7 +19,7 @@ use super::Shared;
 use super::ws;
 
 /// The series sampled: (column name, metric name, label selector).
-pub(crate) const SERIES: [(&str, &str, &str); 23] = [
+pub(crate) const SERIES: [(&str, &str, &str); 24] = [
     ("rss_bytes", "process_resident_memory_bytes", ""),
     ("open_fds", "process_open_fds", ""),
     ("start_time_s", "process_start_time_seconds", ""),
@@ -63,6 +63,7 @@ pub(crate) const SERIES: [(&str, &str, &str); 23] = [
     ("delivery_batches", "roomcast_delivery_batches_queued", ""),
     ("published_total", "roomcast_messages_published_total", ""),
     ("delivered_total", "roomcast_messages_delivered_total", ""),
+    ("cpu_s", "process_cpu_seconds_total", ""),
 ];
 
 pub(crate) const N: usize = SERIES.len();
@@ -72,6 +73,7 @@ const START: usize = 2;
 const CONNECTIONS: usize = 4;
 const PUBLISHED: usize = 21;
 const DELIVERED: usize = 22;
+const CPU: usize = 23;
 
 /// The column of a series.
 pub(crate) fn col(name: &str) -> Option<usize> {
@@ -212,6 +214,7 @@ fn own_sample(sh: &Shared, t: f64, node: usize) -> Sample {
         .iter()
         .map(|o| o.load(Ordering::Relaxed))
         .sum::<i64>() as f64;
+    v[CPU] = crate::metrics::process_cpu_seconds().unwrap_or(f64::NAN);
     v[PUBLISHED] = sh.churn.publishes_acked.load(Ordering::Relaxed) as f64;
     v[DELIVERED] = (sh.churn.deliveries.load(Ordering::Relaxed)
         + sh.witness.deliveries.load(Ordering::Relaxed)) as f64;
@@ -271,5 +274,6 @@ mod tests {
         assert_eq!(SERIES[CONNECTIONS].0, "connections");
         assert_eq!(SERIES[PUBLISHED].0, "published_total");
         assert_eq!(SERIES[DELIVERED].0, "delivered_total");
+        assert_eq!(SERIES[CPU].0, "cpu_s");
     }
 }
